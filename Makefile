@@ -1,0 +1,26 @@
+# The two commands a new user needs are the first two targets: `make run` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-dev
+
+.PHONY: run test clean
+
+run: $(STAMP) ## Start nats-server, both services and 5 simulated devices; Ctrl-C stops everything
+	$(BIN)/telemetry run --simulate 5
+
+test: $(STAMP) ## Lint, type-check and run the whole test suite against real nats-server processes
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/pytest
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed (set PYTHON=...)")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+clean: ## Remove the virtualenv and local data
+	rm -rf $(VENV) .telemetry .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,174 @@
+"""The connection to NATS and the JetStream stream behind it.
+
+A service starts even when NATS is down: it connects in the background, retries for ever, and
+reports why it is not ready until the stream is confirmed. The stream is created or brought in line
+with the settings on every (re)connect, and whatever cannot be changed is logged plainly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+
+from core.settings import Settings
+from core.topics import Subjects
+
+log = structlog.get_logger(__name__)
+
+RECONNECT_WAIT_S = 0.5
+MUTABLE_FIELDS = ("subjects", "max_age", "max_bytes", "max_msgs_per_subject", "num_replicas", "duplicate_window")
+
+
+def desired_stream(settings: Settings) -> StreamConfig:
+    """The stream the settings ask for."""
+    return StreamConfig(
+        name=settings.stream_name,
+        description="Sensor readings; subjects are <prefix>.<site>.<device>.<metric>",
+        subjects=[Subjects(settings.subject_prefix).all],
+        retention=RetentionPolicy.LIMITS,
+        discard=DiscardPolicy.OLD,
+        max_age=settings.stream_max_age_s,
+        max_bytes=settings.stream_max_bytes,
+        max_msgs_per_subject=settings.stream_max_msgs_per_subject,
+        num_replicas=settings.stream_replicas,
+        duplicate_window=settings.stream_duplicate_window_s,
+        storage=StorageType(settings.stream_storage.value),
+        allow_direct=True,
+    )
+
+
+def _same(field: str, current: Any, wanted: Any) -> bool:
+    if field in ("max_age", "duplicate_window"):
+        return round(float(current or 0), 3) == round(float(wanted or 0), 3)
+    if field == "subjects":
+        return set(wanted or []) <= set(current or [])
+    return bool(current == wanted)
+
+
+async def ensure_stream(js: JetStreamContext, settings: Settings) -> None:
+    """Create the stream, or update what may be updated; say clearly what could not be changed."""
+    wanted = desired_stream(settings)
+    try:
+        info = await js.stream_info(settings.stream_name)
+    except nats.js.errors.NotFoundError:
+        await js.add_stream(wanted)
+        log.info("stream_created", stream=settings.stream_name, subjects=wanted.subjects)
+        return
+    current = info.config
+    if current.storage != wanted.storage:
+        log.error(
+            "stream_setting_not_changed",
+            stream=settings.stream_name,
+            setting="storage",
+            current=str(current.storage),
+            wanted=str(wanted.storage),
+            reason="JetStream cannot change the storage of an existing stream; recreate it to change this",
+        )
+    changes = {
+        field: {"current": getattr(current, field), "wanted": getattr(wanted, field)}
+        for field in MUTABLE_FIELDS
+        if not _same(field, getattr(current, field), getattr(wanted, field))
+    }
+    if not changes:
+        log.info("stream_ok", stream=settings.stream_name)
+        return
+    update = StreamConfig.from_response(current.as_dict())
+    for field in changes:
+        setattr(update, field, getattr(wanted, field))
+    if "subjects" in changes:
+        update.subjects = sorted(set(current.subjects or []) | set(wanted.subjects or []))
+    try:
+        await js.update_stream(update)
+    except nats.js.errors.APIError as err:
+        log.error("stream_settings_not_changed", stream=settings.stream_name, changes=changes, reason=err.description)
+        return
+    log.info("stream_updated", stream=settings.stream_name, changes=changes)
+
+
+class JetStreamLink:
+    """A service's NATS connection: connects in the background, heals by itself, and knows if it is usable."""
+
+    def __init__(self, settings: Settings, name: str) -> None:
+        self.settings = settings
+        self.name = name
+        self.nc: NATS | None = None
+        self.js: JetStreamContext | None = None
+        self.stream_confirmed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._confirm_task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Begin connecting; returns at once."""
+        self._task = asyncio.create_task(self._connect(), name=f"{self.name}-nats-connect")
+
+    async def stop(self) -> None:
+        """Stop connecting and close the connection (pending publishes are flushed first)."""
+        for task in (self._task, self._confirm_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self.nc is not None and not self.nc.is_closed:
+            with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
+                await self.nc.drain()
+
+    def not_ready_reason(self) -> str | None:
+        """Why this service cannot serve now, or None when it can."""
+        if self.nc is None or not self.nc.is_connected:
+            return "not connected to NATS"
+        if not self.stream_confirmed.is_set():
+            return f"stream {self.settings.stream_name} not confirmed yet"
+        return None
+
+    async def _connect(self) -> None:
+        while self.nc is None:
+            try:
+                self.nc = await nats.connect(
+                    servers=self.settings.nats_urls,
+                    name=self.name,
+                    connect_timeout=max(1, round(self.settings.nats_connect_timeout_s)),
+                    reconnect_time_wait=RECONNECT_WAIT_S,
+                    max_reconnect_attempts=-1,
+                    error_cb=self._on_error,
+                    disconnected_cb=self._on_disconnected,
+                    reconnected_cb=self._on_reconnected,
+                )
+            except (TimeoutError, nats.errors.Error, OSError) as err:
+                log.warning("nats_connect_failed", servers=self.settings.nats_urls, error=str(err) or repr(err))
+                await asyncio.sleep(RECONNECT_WAIT_S)
+        self.js = self.nc.jetstream(timeout=self.settings.publish_timeout_s)
+        log.info("nats_connected", server=str(self.nc.connected_url.netloc if self.nc.connected_url else ""))
+        await self._confirm_stream()
+
+    async def _confirm_stream(self) -> None:
+        """Make sure the stream exists; retry while JetStream is not answering (e.g. a cluster electing)."""
+        assert self.js is not None
+        while True:
+            try:
+                await ensure_stream(self.js, self.settings)
+            except (TimeoutError, nats.errors.Error) as err:
+                log.warning("stream_check_failed", stream=self.settings.stream_name, error=str(err) or repr(err))
+                await asyncio.sleep(RECONNECT_WAIT_S)
+                continue
+            self.stream_confirmed.set()
+            return
+
+    async def _on_error(self, err: Exception) -> None:
+        log.warning("nats_error", error=str(err) or repr(err))
+
+    async def _on_disconnected(self) -> None:
+        log.warning("nats_disconnected")
+
+    async def _on_reconnected(self) -> None:
+        log.info("nats_reconnected")
+        if self._confirm_task is None or self._confirm_task.done():
+            self._confirm_task = asyncio.create_task(self._confirm_stream(), name=f"{self.name}-stream-check")

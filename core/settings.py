@@ -1,0 +1,88 @@
+"""One settings object for every process, read from ``TELEMETRY_*`` environment variables."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "TELEMETRY_"
+TOKEN_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+class StorageType(StrEnum):
+    """Where JetStream keeps the stream; the values are the server's own words."""
+
+    FILE = "file"
+    MEMORY = "memory"
+
+
+class Settings(BaseSettings):
+    """Every knob of the platform. A field ``foo_s`` is ``TELEMETRY_FOO_S`` and the flag ``--foo-s``."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+
+    # NATS and the JetStream stream
+    nats_urls: Annotated[list[str], NoDecode] = Field(
+        default=["nats://127.0.0.1:4222"], description="NATS server URLs, comma separated."
+    )
+    nats_connect_timeout_s: float = Field(default=2.0, gt=0, description="Timeout of one connection attempt.")
+    stream_name: str = Field(default="TELEMETRY", pattern=TOKEN_PATTERN, description="JetStream stream name.")
+    subject_prefix: str = Field(
+        default="telemetry", pattern=TOKEN_PATTERN, description="First subject token; topics live under it."
+    )
+    stream_max_age_s: float = Field(default=86400.0, ge=0, description="Oldest reading kept; 0 keeps forever.")
+    stream_max_bytes: int = Field(default=1 << 30, ge=-1, description="Stream size limit; -1 for none.")
+    stream_max_msgs_per_subject: int = Field(default=-1, ge=-1, description="History kept per topic; -1 for all.")
+    stream_replicas: int = Field(default=1, ge=1, le=5, description="Copies of the stream in a NATS cluster.")
+    stream_duplicate_window_s: float = Field(
+        default=120.0, gt=0, description="How long a reading id is remembered for de-duplication."
+    )
+    stream_storage: StorageType = Field(default=StorageType.FILE, description="file or memory.")
+
+    # HTTP services
+    ingest_host: str = Field(default="127.0.0.1", description="Address the ingest service listens on.")
+    ingest_port: int = Field(default=8000, ge=0, le=65535, description="Port of the ingest service.")
+    stream_host: str = Field(default="127.0.0.1", description="Address the stream service listens on.")
+    stream_port: int = Field(default=8001, ge=0, le=65535, description="Port of the stream service.")
+
+    # Ingest limits
+    max_body_bytes: int = Field(default=1 << 20, gt=0, description="Largest accepted request body.")
+    max_batch: int = Field(default=1000, gt=0, description="Most readings in one request.")
+    publish_timeout_s: float = Field(default=5.0, gt=0, description="Longest wait for JetStream's acknowledgements.")
+    shutdown_grace_s: float = Field(default=5.0, ge=0, description="Longest wait for open requests at shutdown.")
+    retry_after_s: int = Field(default=2, ge=1, description="Retry-After sent with a 503.")
+
+    # Stream service
+    keepalive_s: float = Field(default=15.0, gt=0, description="Quiet time before a keep-alive comment.")
+    retry_ms: int = Field(default=2000, ge=0, description="Reconnect delay hint sent to SSE clients.")
+
+    # Logs
+    log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Least level logged.")
+    log_format: Literal["auto", "json", "console"] = Field(
+        default="auto", description="json, console, or auto (console on a terminal, json otherwise)."
+    )
+
+    @field_validator("nats_urls", mode="before")
+    @classmethod
+    def _split_urls(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [url.strip() for url in value.split(",") if url.strip()]
+        return value
+
+    @field_validator("nats_urls")
+    @classmethod
+    def _require_url(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one NATS URL is needed")
+        return value
+
+    @model_validator(mode="after")
+    def _window_within_age(self) -> Settings:
+        if self.stream_max_age_s and self.stream_duplicate_window_s > self.stream_max_age_s:
+            raise ValueError(
+                "stream_duplicate_window_s must not exceed stream_max_age_s (JetStream rejects such a stream)"
+            )
+        return self

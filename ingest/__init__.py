@@ -1,0 +1,1 @@
+"""The ingest service: devices POST readings, answered only after JetStream stored them."""

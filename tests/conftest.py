@@ -1,0 +1,86 @@
+"""Real parts for every test: a nats-server with JetStream on a free loopback port, services on free ports."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import socket
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from core.serve import server_config
+from core.settings import Settings
+from telemetry.natsserver import LocalNatsServer
+
+_stream_numbers = itertools.count(1)
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNatsServer]:
+    """One real nats-server with JetStream for the session; tests isolate by stream name and subject prefix."""
+    server = LocalNatsServer(
+        port=free_port(), monitor_port=free_port(), store_dir=tmp_path_factory.mktemp("nats-store")
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def make_settings(nats_server: LocalNatsServer) -> Callable[..., Settings]:
+    """Settings on the test nats-server with a stream and subject prefix of the test's own."""
+    number = next(_stream_numbers)
+
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "nats_urls": [nats_server.url],
+            "stream_name": f"TEST{number}",
+            "subject_prefix": f"test{number}",
+            "log_format": "json",
+        }
+        values.update(overrides)
+        return Settings(**values)
+
+    return make
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    """Default settings for one test."""
+    return make_settings()
+
+
+@asynccontextmanager
+async def running(app: FastAPI) -> AsyncIterator[str]:
+    """Serve an app with uvicorn on a socket bound beforehand, so clients may connect at once; yields its URL."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1024)
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(server_config(app, "127.0.0.1", port, graceful_s=1))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+
+
+@pytest.fixture
+def serve() -> Callable[[FastAPI], AbstractAsyncContextManager[str]]:
+    """``async with serve(app) as url``: the app on a real socket for the block."""
+    return running
