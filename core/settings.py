@@ -58,6 +58,7 @@ class Settings(BaseSettings):
     # Stream service
     keepalive_s: float = Field(default=15.0, gt=0, description="Quiet time before a keep-alive comment.")
     retry_ms: int = Field(default=2000, ge=0, description="Reconnect delay hint sent to SSE clients.")
+    max_patterns: int = Field(default=32, gt=0, description="Most topic patterns on one SSE connection.")
 
     # Logs
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Least level logged.")

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
+import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI
@@ -63,17 +64,38 @@ def settings(make_settings: Callable[..., Settings]) -> Settings:
     return make_settings()
 
 
+READY_DEADLINE_S = 15.0
+
+
+async def wait_ready(base_url: str) -> None:
+    """Poll /readyz: a service connects to NATS in the background, and the probe is all a client has."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + READY_DEADLINE_S
+    async with httpx.AsyncClient() as client:
+        while loop.time() < deadline:
+            if (await client.get(f"{base_url}/readyz")).status_code == 200:
+                return
+            await asyncio.sleep(0.02)
+    raise AssertionError(f"{base_url} not ready within {READY_DEADLINE_S} s")
+
+
 @asynccontextmanager
-async def running(app: FastAPI) -> AsyncIterator[str]:
-    """Serve an app with uvicorn on a socket bound beforehand, so clients may connect at once; yields its URL."""
+async def running(app: FastAPI, ready: bool = True) -> AsyncIterator[str]:
+    """Serve an app with uvicorn on a socket bound beforehand; yields its URL once /readyz answers 200.
+
+    With ``ready=False`` it yields at once (for tests of a service that cannot become ready).
+    """
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(1024)
     port = sock.getsockname()[1]
     server = uvicorn.Server(server_config(app, "127.0.0.1", port, graceful_s=1))
     task = asyncio.create_task(server.serve(sockets=[sock]))
+    url = f"http://127.0.0.1:{port}"
     try:
-        yield f"http://127.0.0.1:{port}"
+        if ready:
+            await wait_ready(url)
+        yield url
     finally:
         server.should_exit = True
         await task
@@ -81,6 +103,6 @@ async def running(app: FastAPI) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-def serve() -> Callable[[FastAPI], AbstractAsyncContextManager[str]]:
-    """``async with serve(app) as url``: the app on a real socket for the block."""
+def serve() -> Callable[..., AbstractAsyncContextManager[str]]:
+    """``async with serve(app) as url``: the app on a real socket, ready, for the block."""
     return running

@@ -1,0 +1,43 @@
+"""The stream service's app factory: one NATS link, one hub, the SSE endpoint and the probes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from core.errors import install_error_handlers
+from core.health import health_router
+from core.jetstream import JetStreamLink
+from core.settings import Settings
+from stream.hub import Hub
+from stream.metrics import StreamMetrics
+from stream.sse import events_router
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """Build the stream service; NATS is connected in the background at start-up."""
+    metrics = StreamMetrics()
+    link = JetStreamLink(settings, "stream")
+    hub = Hub(link, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        link.start()
+        hub.start()
+        yield
+        await hub.stop()
+        await link.stop()
+
+    app = FastAPI(
+        title="Telemetry stream",
+        summary="Sensor readings as Server-Sent Events, per topic pattern, resumable with Last-Event-ID.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(events_router(hub, settings))
+    app.include_router(health_router(hub.not_ready_reason, metrics.registry))
+    app.state.hub = hub
+    return app

@@ -1,0 +1,124 @@
+"""The hub: one upstream JetStream subscription per process, routed to every matching connection.
+
+Each reading is encoded to its SSE frame once, and the same bytes go to every subscriber. The hub
+knows the last stream sequence it dispatched (``last_seq``): every reading up to it has been handed
+to the connections registered at the time, every later one will be, which is what a resuming
+connection's replay needs to meet the live feed exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import nats.errors
+import structlog
+
+from core.jetstream import JetStreamLink
+from core.readings import event_frame
+from core.topics import Subjects
+from stream.connection import Connection
+from stream.index import PatternIndex
+from stream.metrics import StreamMetrics
+from stream.upstream import OrderedFeed
+
+log = structlog.get_logger(__name__)
+
+START_RETRY_S = 0.5
+
+
+class Hub:
+    """Fans the live feed out to connections; ``ready`` once the feed is running."""
+
+    def __init__(self, link: JetStreamLink, metrics: StreamMetrics) -> None:
+        self.link = link
+        self.metrics = metrics
+        self.subjects = Subjects(link.settings.subject_prefix)
+        self.index: PatternIndex[Connection] = PatternIndex()
+        self.connections: set[Connection] = set()
+        self.last_seq = 0
+        self.ready = asyncio.Event()
+        self._feed: OrderedFeed | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start the live feed in the background, once NATS and the stream are there."""
+        self._task = asyncio.create_task(self._run(), name="hub-live-feed")
+
+    async def stop(self) -> None:
+        """Stop the feed and close every connection."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._feed is not None:
+            await self._feed.close()
+        for connection in list(self.connections):
+            connection.close()
+
+    def add(self, connection: Connection) -> int:
+        """Register a connection; returns ``last_seq``: later readings reach it through the live feed."""
+        self.connections.add(connection)
+        for pattern in connection.patterns:
+            self.index.add(pattern, connection)
+        self.metrics.connections_active.set(len(self.connections))
+        return self.last_seq
+
+    def remove(self, connection: Connection) -> None:
+        """Unregister a connection that has ended."""
+        self.connections.discard(connection)
+        for pattern in connection.patterns:
+            self.index.remove(pattern, connection)
+        self.metrics.connections_active.set(len(self.connections))
+
+    async def _run(self) -> None:
+        settings = self.link.settings
+        while True:
+            await self.link.stream_confirmed.wait()
+            assert self.link.nc is not None and self.link.js is not None
+            try:
+                info = await self.link.js.stream_info(settings.stream_name)
+                self.last_seq = info.state.last_seq
+                self._feed = OrderedFeed(
+                    self.link.nc,
+                    self.link.js,
+                    stream=settings.stream_name,
+                    filters=[self.subjects.all],
+                    start_seq=self.last_seq + 1,
+                    handler=self._on_live,
+                    name="live",
+                )
+                await self._feed.start()
+            except (TimeoutError, nats.errors.Error) as err:
+                log.warning("live_feed_start_failed", error=str(err) or repr(err))
+                await asyncio.sleep(START_RETRY_S)
+                continue
+            log.info("live_feed_started", stream=settings.stream_name, after_seq=self.last_seq)
+            self.ready.set()
+            return
+
+    async def _on_live(self, seq: int, subject: str, payload: bytes, pending: int) -> None:
+        """Route one live reading; never suspends, so one slow client cannot hold the others back."""
+        if seq <= self.last_seq:
+            return
+        self.last_seq = seq
+        self.metrics.upstream_messages.inc()
+        topic = self.subjects.topic_of(subject)
+        if topic is None:
+            return
+        subscribers = self.index.match(topic.split("."))
+        if not subscribers:
+            return
+        frame = event_frame(seq, payload)
+        if frame is None:
+            log.debug("foreign_message_skipped", seq=seq, subject=subject)
+            return
+        for connection in subscribers:
+            connection.deliver(seq, frame)
+
+    def not_ready_reason(self) -> str | None:
+        """Why new streams cannot be served yet, or None."""
+        reason = self.link.not_ready_reason()
+        if reason is None and not self.ready.is_set():
+            return "live feed not started yet"
+        return reason

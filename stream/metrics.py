@@ -1,0 +1,36 @@
+"""Stream service metrics, in a registry of the app's own; labels stay bounded (no topic labels)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+
+class StreamMetrics:
+    """What an operator watches: connections, events out, readings in, replays and resets."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.connections_active = Gauge(
+            "telemetry_stream_connections_active", "Open SSE connections.", registry=self.registry
+        )
+        self.connections = Counter("telemetry_stream_connections", "SSE connections accepted.", registry=self.registry)
+        self.events_sent = Counter(
+            "telemetry_stream_events_sent", "Reading events written to clients.", registry=self.registry
+        )
+        self.upstream_messages = Counter(
+            "telemetry_stream_upstream_messages",
+            "Readings received from the live JetStream feed.",
+            registry=self.registry,
+        )
+        self.replayed_events = Counter(
+            "telemetry_stream_replayed_events",
+            "Reading events sent from history to resuming clients.",
+            registry=self.registry,
+        )
+        self.resets = Counter(
+            "telemetry_stream_resets",
+            "Reset events sent (requested id no longer or never stored).",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.keepalives = Counter("telemetry_stream_keepalives", "Keep-alive comments written.", registry=self.registry)

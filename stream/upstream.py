@@ -1,0 +1,207 @@
+"""An ordered push consumer that we run end to end, for the live feed and for each replay.
+
+nats-py has an ordered consumer, but before its first message a reset restarts it at sequence 1
+(replaying everything), and it does not tell its owner how far it got. This one knows the next stream
+sequence it wants, answers flow control itself, and after a consumer-sequence gap, missed heartbeats
+or a reconnect it recreates the consumer from exactly that sequence: its handler sees every matching
+message once, in stream order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, ReplayPolicy
+
+log = structlog.get_logger(__name__)
+
+# handler(stream sequence, subject, payload, messages still pending after this one)
+MessageHandler = Callable[[int, str, bytes, int], Awaitable[None]]
+
+STATUS = "Status"
+CONTROL_STATUS = "100"
+LAST_CONSUMER = "Nats-Last-Consumer"
+CONSUMER_STALLED = "Nats-Consumer-Stalled"
+V1_ACK_TOKENS = 9
+RETRY_WAIT_S = 0.5
+ORPHAN_CONSUMER_TIMEOUT_S = 30.0
+SUB_PENDING_MSGS = 65536
+
+
+def ack_sequences(reply: str) -> tuple[int, int, int] | None:
+    """(stream sequence, consumer sequence, pending) from a JetStream ack subject, or None if it is not one.
+
+    ``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<dseq>.<ts>.<pending>`` (v1) or the v2 form with a
+    domain and account hash in front and a token behind.
+    """
+    tokens = reply.split(".")
+    if len(tokens) < V1_ACK_TOKENS or tokens[0] != "$JS" or tokens[1] != "ACK":
+        return None
+    base = 5 if len(tokens) == V1_ACK_TOKENS else 7
+    try:
+        return int(tokens[base]), int(tokens[base + 1]), int(tokens[base + 3])
+    except (ValueError, IndexError):
+        return None
+
+
+class OrderedFeed:
+    """Delivers a stream's messages from ``start_seq`` on, in order, exactly once, across resets."""
+
+    def __init__(
+        self,
+        nc: NATS,
+        js: JetStreamContext,
+        *,
+        stream: str,
+        filters: list[str],
+        start_seq: int,
+        handler: MessageHandler,
+        heartbeat_s: float = 5.0,
+        name: str = "feed",
+    ) -> None:
+        self._nc = nc
+        self._js = js
+        self._stream = stream
+        self._filters = filters
+        self._handler = handler
+        self._heartbeat_s = heartbeat_s
+        self._name = name
+        self.next_seq = max(1, start_seq)
+        self._consumer: str | None = None
+        self._sub: Subscription | None = None
+        self._generation = 0
+        self._consumer_seq = 0
+        self._last_activity = 0.0
+        self._resetting: asyncio.Task[None] | None = None
+        self._monitor: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def start(self) -> int:
+        """Create the consumer; returns how many matching messages it has to deliver right now."""
+        pending = await self._create()
+        self._monitor = asyncio.create_task(self._watch_heartbeats(), name=f"{self._name}-heartbeats")
+        return pending
+
+    async def close(self) -> None:
+        """Stop delivering and delete the consumer (best effort: the server drops it when inactive anyway)."""
+        self._closed = True
+        for task in (self._monitor, self._resetting):
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        await self._drop_consumer()
+
+    def _config(self, inbox: str) -> ConsumerConfig:
+        config = ConsumerConfig(
+            deliver_subject=inbox,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=self.next_seq,
+            ack_policy=AckPolicy.NONE,
+            replay_policy=ReplayPolicy.INSTANT,
+            flow_control=True,
+            idle_heartbeat=self._heartbeat_s,
+            inactive_threshold=ORPHAN_CONSUMER_TIMEOUT_S,
+            mem_storage=True,
+            num_replicas=1,
+            max_deliver=1,
+        )
+        if len(self._filters) == 1:
+            config.filter_subject = self._filters[0]
+        else:
+            config.filter_subjects = list(self._filters)
+        return config
+
+    async def _create(self) -> int:
+        self._generation += 1  # messages still queued for a replaced subscription are ignored
+        generation = self._generation
+        self._consumer_seq = 0
+
+        async def on_message(msg: Msg) -> None:
+            if generation == self._generation and not self._closed:
+                await self._on_message(msg)
+
+        inbox = self._nc.new_inbox()
+        self._sub = await self._nc.subscribe(inbox, cb=on_message, pending_msgs_limit=SUB_PENDING_MSGS)
+        info = await self._js.add_consumer(self._stream, self._config(inbox))
+        self._consumer = info.name
+        self._last_activity = asyncio.get_running_loop().time()
+        return info.num_pending or 0
+
+    async def _drop_consumer(self) -> None:
+        sub, consumer = self._sub, self._consumer
+        self._sub, self._consumer = None, None
+        self._generation += 1
+        if sub is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+        if consumer is not None and self._nc.is_connected:
+            with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
+                await self._js.delete_consumer(self._stream, consumer)
+
+    def _reset(self, reason: str) -> None:
+        """Recreate the consumer from ``next_seq``, once at a time, retrying until it works."""
+        if self._closed or (self._resetting is not None and not self._resetting.done()):
+            return
+        log.info("feed_reset", feed=self._name, reason=reason, next_seq=self.next_seq)
+        self._resetting = asyncio.create_task(self._recreate(), name=f"{self._name}-reset")
+
+    async def _recreate(self) -> None:
+        await self._drop_consumer()
+        while not self._closed:
+            try:
+                await self._create()
+                return
+            except (TimeoutError, nats.errors.Error) as err:
+                log.warning("feed_recreate_failed", feed=self._name, error=str(err) or repr(err))
+                await self._drop_consumer()
+                await asyncio.sleep(RETRY_WAIT_S)
+
+    async def _watch_heartbeats(self) -> None:
+        """Two missed heartbeats mean the consumer is gone (server restart, leader change): recreate it."""
+        loop = asyncio.get_running_loop()
+        while not self._closed:
+            await asyncio.sleep(self._heartbeat_s)
+            if loop.time() - self._last_activity > 2 * self._heartbeat_s and self._nc.is_connected:
+                self._last_activity = loop.time()
+                self._reset("missed heartbeats")
+
+    async def _on_message(self, msg: Msg) -> None:
+        self._last_activity = asyncio.get_running_loop().time()
+        headers = msg.headers
+        if headers is not None and headers.get(STATUS) == CONTROL_STATUS:
+            await self._on_control(msg, headers)
+            return
+        sequences = ack_sequences(msg.reply)
+        if sequences is None:
+            return
+        stream_seq, consumer_seq, pending = sequences
+        if consumer_seq != self._consumer_seq + 1:
+            self._reset(f"consumer sequence {consumer_seq} after {self._consumer_seq}")
+            return
+        self._consumer_seq = consumer_seq
+        if stream_seq < self.next_seq:
+            return
+        self.next_seq = stream_seq + 1
+        await self._handler(stream_seq, msg.subject, msg.data, pending)
+
+    async def _on_control(self, msg: Msg, headers: dict[str, str]) -> None:
+        """Flow control wants an empty reply; a heartbeat says how far the consumer got."""
+        if msg.reply:
+            await self._nc.publish(msg.reply)
+            return
+        stalled = headers.get(CONSUMER_STALLED)
+        if stalled:
+            await self._nc.publish(stalled)
+        last = headers.get(LAST_CONSUMER)
+        if last is not None and last.isdigit() and int(last) != self._consumer_seq:
+            self._reset(f"heartbeat says consumer sequence {last}, we have {self._consumer_seq}")

@@ -1,0 +1,249 @@
+"""The SSE endpoint over a real socket against a real nats-server: frames, headers, keep-alive, resume."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+from httpx_sse import ServerSentEvent, aconnect_sse
+
+from core.settings import Settings
+from stream.app import create_app
+
+Serve = Callable[..., AbstractAsyncContextManager[str]]
+EVENT_TIMEOUT_S = 10.0
+SENTINEL = -1.0
+
+
+@asynccontextmanager
+async def events(
+    url: str, *topics: str, headers: dict[str, str] | None = None, **params: Any
+) -> AsyncIterator[AsyncIterator[ServerSentEvent]]:
+    """An SSE subscription as a browser makes it; yields its event iterator."""
+    query: list[tuple[str, str]] = [("topic", t) for t in topics] + [(k, str(v)) for k, v in params.items()]
+    async with (
+        httpx.AsyncClient(timeout=httpx.Timeout(5.0, read=None)) as client,
+        aconnect_sse(client, "GET", f"{url}/v1/stream", params=query, headers=headers or {}) as source,
+    ):
+        source.response.raise_for_status()
+        yield source.aiter_sse()
+
+
+async def take(stream: AsyncIterator[ServerSentEvent], count: int) -> list[ServerSentEvent]:
+    """The next ``count`` events that are not just the initial retry hint."""
+    received: list[ServerSentEvent] = []
+
+    async def collect() -> None:
+        async for event in stream:
+            if event.event == "message" and not event.data:
+                continue  # the retry hint alone
+            received.append(event)
+            if len(received) == count:
+                return
+
+    await asyncio.wait_for(collect(), EVENT_TIMEOUT_S)
+    return received
+
+
+def seqs(events_: list[ServerSentEvent]) -> list[int]:
+    return [int(event.id) for event in events_]
+
+
+async def test_live_reading_arrives_as_one_event(settings: Settings, serve: Serve, publish: Any) -> None:
+    async with serve(create_app(settings)) as url, events(url, "plant1.*.temperature") as stream:
+        [seq] = await publish("plant1", "boiler-7", "temperature", [21.5])
+        [event] = await take(stream, 1)
+    assert event.event == "reading"
+    assert event.id == str(seq)
+    data = json.loads(event.data)
+    assert data["seq"] == seq
+    assert data["topic"] == "plant1.boiler-7.temperature"
+    assert data["value"] == 21.5
+    assert data["device"] == "boiler-7" and data["site"] == "plant1" and data["metric"] == "temperature"
+    assert "received_at" in data
+
+
+async def test_headers_retry_hint_and_keepalive(make_settings: Callable[..., Settings], serve: Serve) -> None:
+    settings = make_settings(keepalive_s=0.2, retry_ms=1234)
+    async with (
+        serve(create_app(settings)) as url,
+        httpx.AsyncClient(timeout=httpx.Timeout(5.0, read=None)) as client,
+        client.stream("GET", f"{url}/v1/stream", params={"topic": "a.b.c"}) as response,
+    ):
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.headers["cache-control"] == "no-cache"
+        assert response.headers["x-accel-buffering"] == "no"
+        lines: list[str] = []
+
+        async def read_until_two_keepalives() -> None:
+            async for line in response.aiter_lines():
+                lines.append(line)
+                if sum(line.startswith(":") for line in lines) == 2:
+                    return
+
+        await asyncio.wait_for(read_until_two_keepalives(), EVENT_TIMEOUT_S)
+    assert lines[0] == "retry: 1234"
+    assert [line for line in lines if line.startswith(":")] == [": keep-alive", ": keep-alive"]
+
+
+async def test_patterns_route_each_event_once(settings: Settings, serve: Serve, publish: Any) -> None:
+    async with (
+        serve(create_app(settings)) as url,
+        events(url, "plant1.*.temperature", "plant1.>", "*.boiler-7.temperature") as overlapping,
+        events(url, "plant2.>") as other_site,
+    ):
+        a = await publish("plant1", "boiler-7", "temperature", [1.0])
+        b = await publish("plant1", "pump-2", "pressure", [2.0])
+        c = await publish("plant2", "pump-2", "pressure", [3.0])
+        d = await publish("plant1", "boiler-7", "temperature", [4.0])
+        got_overlapping = await take(overlapping, 3)
+        got_other = await take(other_site, 1)
+    assert seqs(got_overlapping) == a + b + d
+    assert seqs(got_other) == c
+
+
+async def test_resume_after_disconnect_gets_exactly_the_missed_readings(
+    settings: Settings, serve: Serve, publish: Any
+) -> None:
+    async with serve(create_app(settings)) as url:
+        async with events(url, "s.>") as stream:
+            first = await publish("s", "d", "m", [1, 2, 3])
+            seen = await take(stream, 3)
+        assert seqs(seen) == first
+        missed = await publish("s", "d", "m", [4, 5, 6])
+        await publish("other", "d", "m", [7])
+        async with events(url, "s.>", headers={"Last-Event-ID": seen[-1].id}) as stream:
+            replayed = await take(stream, 3)
+            live = await publish("s", "d", "m", [8])
+            [after] = await take(stream, 1)
+    assert seqs(replayed) == missed
+    assert [json.loads(e.data)["value"] for e in replayed] == [4, 5, 6]
+    assert seqs([after]) == live
+
+
+async def test_last_event_id_zero_replays_from_the_beginning(settings: Settings, serve: Serve, publish: Any) -> None:
+    stored = await publish("s", "d", "m", [1, 2])
+    async with serve(create_app(settings)) as url, events(url, "s.d.m", last_event_id=0) as stream:
+        assert seqs(await take(stream, 2)) == stored
+
+
+async def test_header_wins_over_query_parameter(settings: Settings, serve: Serve, publish: Any) -> None:
+    stored = await publish("s", "d", "m", [1, 2, 3])
+    async with (
+        serve(create_app(settings)) as url,
+        events(url, "s.d.m", last_event_id=0, headers={"Last-Event-ID": str(stored[1])}) as stream,
+    ):
+        assert seqs(await take(stream, 1)) == stored[2:]
+
+
+async def test_without_an_id_the_stream_starts_live(settings: Settings, serve: Serve, publish: Any) -> None:
+    await publish("s", "d", "m", [1, 2])
+    async with serve(create_app(settings)) as url, events(url, "s.d.m") as stream:
+        live = await publish("s", "d", "m", [3])
+        assert seqs(await take(stream, 1)) == live
+
+
+async def test_resume_racing_live_traffic_loses_and_doubles_nothing(
+    settings: Settings, serve: Serve, publish: Any
+) -> None:
+    """Readings keep arriving while many clients replay: each sees every reading once, in order."""
+    before = await publish("race", "d", "m", list(range(200)))
+    published: list[int] = list(before)
+
+    async def keep_publishing() -> None:
+        for value in range(300):
+            published.extend(await publish("race", "d", "m", [value]))
+
+    async def resume_and_collect(url: str, after: int) -> list[int]:
+        async with events(url, "race.>", headers={"Last-Event-ID": str(after)}) as stream:
+            received: list[ServerSentEvent] = []
+            while not received or json.loads(received[-1].data)["value"] != SENTINEL:
+                received += await take(stream, 1)
+            return seqs(received)
+
+    async with serve(create_app(settings)) as url:
+        publisher = asyncio.create_task(keep_publishing())
+        starts = [before[0] - 1, before[50], before[-1]]
+        clients = [asyncio.create_task(resume_and_collect(url, after)) for after in starts for _ in range(3)]
+        await publisher
+        published.extend(await publish("race", "d", "m", [SENTINEL]))
+        results = await asyncio.gather(*clients)
+    for after, received in zip([s for s in starts for _ in range(3)], results, strict=True):
+        assert received == [seq for seq in published if seq > after]
+
+
+async def test_reset_when_history_is_gone(make_settings: Callable[..., Settings], serve: Serve, publish: Any) -> None:
+    settings = make_settings(stream_max_msgs_per_subject=5)
+    stored = await publish("s", "d", "m", list(range(20)))
+    kept = stored[-5:]
+    async with serve(create_app(settings)) as url, events(url, "s.>", headers={"Last-Event-ID": str(stored[2])}) as s:
+        reset, *replayed = await take(s, 6)
+    assert reset.event == "reset"
+    assert reset.id == ""  # a reset must not move the client's resume point
+    assert json.loads(reset.data) == {
+        "reason": "history_expired",
+        "requested_id": stored[2],
+        "first_available_id": kept[0],
+    }
+    assert seqs(replayed) == kept
+
+
+async def test_id_beyond_the_stream_resets_to_everything_stored(settings: Settings, serve: Serve, publish: Any) -> None:
+    stored = await publish("s", "d", "m", [1, 2])
+    async with serve(create_app(settings)) as url, events(url, "s.>", headers={"Last-Event-ID": "999999"}) as s:
+        reset, *replayed = await take(s, 3)
+    assert json.loads(reset.data) == {"reason": "unknown_id", "requested_id": 999999, "first_available_id": stored[0]}
+    assert seqs(replayed) == stored
+
+
+@pytest.mark.parametrize(
+    ("params", "headers", "field"),
+    [
+        ({"topic": "a..b"}, {}, "topic"),
+        ({"topic": ">.x"}, {}, "topic"),
+        ({"topic": "a.b"}, {}, "topic"),
+        ({"topic": "a.b.c.d"}, {}, "topic"),
+        ({"topic": "a.b$.c"}, {}, "topic"),
+        ({}, {}, "topic"),
+        ({"topic": "a.b.c", "last_event_id": "-1"}, {}, "last_event_id"),
+        ({"topic": "a.b.c"}, {"Last-Event-ID": "abc"}, "Last-Event-ID"),
+    ],
+)
+async def test_bad_requests_get_a_400_naming_the_field(
+    settings: Settings, serve: Serve, params: dict[str, str], headers: dict[str, str], field: str
+) -> None:
+    async with serve(create_app(settings)) as url, httpx.AsyncClient() as client:
+        response = await client.get(f"{url}/v1/stream", params=params, headers=headers)
+    assert response.status_code == 400
+    assert response.headers["content-type"] == "application/json"
+    error = response.json()["error"]
+    assert error["field"] == field
+    assert error["message"]
+
+
+async def test_not_ready_without_nats(make_settings: Callable[..., Settings], serve: Serve) -> None:
+    settings = make_settings(nats_urls=["nats://127.0.0.1:1"])
+    async with serve(create_app(settings), ready=False) as url, httpx.AsyncClient() as client:
+        assert (await client.get(f"{url}/healthz")).status_code == 200
+        ready = await client.get(f"{url}/readyz")
+        stream = await client.get(f"{url}/v1/stream", params={"topic": "a.b.c"})
+    assert ready.status_code == 503
+    assert "NATS" in ready.json()["reason"]
+    assert stream.status_code == 503
+    assert stream.headers["retry-after"] == str(settings.retry_after_s)
+
+
+async def test_metrics_count_connections_and_events(settings: Settings, serve: Serve, publish: Any) -> None:
+    async with serve(create_app(settings)) as url, httpx.AsyncClient() as client:
+        async with events(url, "m.>") as stream:
+            await publish("m", "d", "x", [1, 2])
+            await take(stream, 2)
+            during = (await client.get(f"{url}/metrics")).text
+        assert "telemetry_stream_connections_active 1.0" in during
+        assert "telemetry_stream_events_sent_total 2.0" in during
