@@ -1,0 +1,90 @@
+"""The reading model and its wire formats."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from core.readings import Reading, control_frame, event_frame, stored_payload
+
+RECEIVED = datetime(2026, 11, 27, 7, 0, 0, tzinfo=UTC)
+
+
+def test_stored_payload_carries_topic_reading_and_receive_time() -> None:
+    reading = Reading(device="d1", metric="temp", value=21, site="plant1", unit="C", tags={"room": "3"}, id="d1-1")
+    stored = json.loads(stored_payload(reading, RECEIVED))
+    assert stored == {
+        "topic": "plant1.d1.temp",
+        "device": "d1",
+        "metric": "temp",
+        "value": 21.0,
+        "site": "plant1",
+        "unit": "C",
+        "tags": {"room": "3"},
+        "id": "d1-1",
+        "received_at": "2026-11-27T07:00:00.000000Z",
+    }
+
+
+@pytest.mark.parametrize(
+    ("ts", "expected"),
+    [
+        ("2026-11-27T08:00:00+01:00", "2026-11-27T07:00:00.000000Z"),
+        ("2026-11-27T07:00:00Z", "2026-11-27T07:00:00.000000Z"),
+        (1795762800, "2026-11-27T07:00:00.000000Z"),
+        (1795762800.5, "2026-11-27T07:00:00.500000Z"),
+    ],
+)
+def test_ts_is_rfc3339_or_epoch_seconds(ts: Any, expected: str) -> None:
+    reading = Reading(device="d", metric="m", value=1, ts=ts)
+    assert json.loads(stored_payload(reading, RECEIVED))["ts"] == expected
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"device": "a.b"}, "device"),
+        ({"device": "*"}, "device"),
+        ({"metric": ">"}, "metric"),
+        ({"site": ""}, "site"),
+        ({"value": "1.5"}, "value"),
+        ({"value": True}, "value"),
+        ({"value": float("inf")}, "value"),
+        ({"ts": "2026-11-27T07:00:00"}, "ts"),
+        ({"ts": "yesterday"}, "ts"),
+        ({"ts": -1}, "ts"),
+        ({"tags": {"a.b": "x"}}, "tags"),
+        ({"tags": {f"k{i}": "v" for i in range(17)}}, "tags"),
+        ({"id": "has space"}, "id"),
+        ({"colour": "red"}, "colour"),
+    ],
+)
+def test_invalid_fields_are_named(fields: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValidationError) as raised:
+        Reading(**{"device": "d", "metric": "m", "value": 1.0, **fields})
+    assert raised.value.errors()[0]["loc"][0] == field
+
+
+def test_event_frame_is_the_stored_json_with_its_sequence() -> None:
+    payload = stored_payload(Reading(device="d", metric="m", value=1.5), RECEIVED)
+    frame = event_frame(42, payload)
+    assert frame is not None
+    lines = frame.decode().split("\n")
+    assert lines[:2] == ["id: 42", "event: reading"]
+    assert lines[3:] == ["", ""]
+    data = json.loads(lines[2].removeprefix("data: "))
+    assert data["seq"] == 42
+    assert data == {"seq": 42, **json.loads(payload)}
+
+
+@pytest.mark.parametrize("payload", [b"", b"[1]", b"{}", b'{"a":"x\ny"}', b"not json"])
+def test_foreign_payloads_make_no_event(payload: bytes) -> None:
+    assert event_frame(1, payload) is None
+
+
+def test_control_frames_have_no_id() -> None:
+    assert control_frame("end", {"reason": "max_events"}) == b'event: end\ndata: {"reason":"max_events"}\n\n'
