@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from types import FrameType
+
 import uvicorn
 from fastapi import FastAPI
 
@@ -22,6 +25,24 @@ def server_config(app: FastAPI, host: str, port: int, graceful_s: float) -> uvic
     )
 
 
+class DrainingServer(uvicorn.Server):
+    """A uvicorn server that tells the app at the first signal, before uvicorn waits for open requests.
+
+    uvicorn runs the app's lifespan shutdown only after every connection closed, so a service with
+    long-lived streams (SSE) must start ending them from the signal itself.
+    """
+
+    def __init__(self, config: uvicorn.Config, on_signal: Callable[[], None] | None) -> None:
+        super().__init__(config)
+        self._on_signal = on_signal
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._on_signal is not None and not self.should_exit:
+            self._on_signal()
+        super().handle_exit(sig, frame)
+
+
 def serve(app: FastAPI, host: str, port: int, graceful_s: float) -> None:
-    """Serve until SIGINT/SIGTERM; blocks."""
-    uvicorn.Server(server_config(app, host, port, graceful_s)).run()
+    """Serve until SIGINT/SIGTERM; blocks. ``app.state.on_shutdown_signal``, if set, runs at the first signal."""
+    on_signal = getattr(app.state, "on_shutdown_signal", None)
+    DrainingServer(server_config(app, host, port, graceful_s), on_signal).run()

@@ -59,6 +59,27 @@ class Settings(BaseSettings):
     keepalive_s: float = Field(default=15.0, gt=0, description="Quiet time before a keep-alive comment.")
     retry_ms: int = Field(default=2000, ge=0, description="Reconnect delay hint sent to SSE clients.")
     max_patterns: int = Field(default=32, gt=0, description="Most topic patterns on one SSE connection.")
+    max_rate_per_s: float = Field(
+        default=200.0, gt=0, description="Most reading events per second per connection; beyond it readings conflate."
+    )
+    max_events: int = Field(default=0, ge=0, description="Most events per connection before 'end'; 0 for no limit.")
+    max_lifetime_s: float = Field(
+        default=3600.0, ge=0, description="Longest connection before 'end' (minus up to 10% jitter); 0 for none."
+    )
+    max_connections: int = Field(default=10000, gt=0, description="Most open SSE connections per process.")
+    max_connections_per_client: int = Field(
+        default=64, gt=0, description="Most open SSE connections per client address."
+    )
+    max_connects_per_s: float = Field(default=500.0, gt=0, description="Most new SSE connections per second.")
+    max_buffer_bytes: int = Field(
+        default=1 << 20, gt=0, description="Bytes a connection may have waiting; beyond it readings conflate."
+    )
+    slow_consumer_timeout_s: float = Field(
+        default=10.0, gt=0, description="How long a connection may stay over max_buffer_bytes before it is closed."
+    )
+    overload_retry_ms: int = Field(
+        default=5000, ge=0, description="Reconnect hint (plus jitter) for a connection refused by a cap or at drain."
+    )
 
     # Logs
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Least level logged.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -16,6 +17,11 @@ from stream.metrics import StreamMetrics
 from stream.sse import events_router
 
 
+def quiet_cut_off(record: logging.LogRecord) -> bool:
+    """uvicorn calls a stream we cut off (a slow consumer) an error; it is the intended outcome, logged by us."""
+    return record.getMessage() != "ASGI callable returned without completing response."
+
+
 def create_app(settings: Settings) -> FastAPI:
     """Build the stream service; NATS is connected in the background at start-up."""
     metrics = StreamMetrics()
@@ -24,6 +30,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        logging.getLogger("uvicorn.error").addFilter(quiet_cut_off)
         link.start()
         hub.start()
         yield
@@ -40,4 +47,5 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(events_router(hub, settings))
     app.include_router(health_router(hub.not_ready_reason, metrics.registry))
     app.state.hub = hub
+    app.state.on_shutdown_signal = hub.request_drain
     return app

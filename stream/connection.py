@@ -1,12 +1,15 @@
-"""One SSE subscriber: its patterns, the frames waiting to be written, and its place in the stream."""
+"""One SSE subscriber: its patterns, its limits, the frames waiting to be written, and its place in the stream."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
+from core.readings import control_frame, retry_frame
 from core.topics import Pattern
+from stream.limits import Limits, TokenBucket
 
-REPLAY_HIGH_WATER_BYTES = 1 << 20
+REPLAY_HIGH_WATER_BYTES = 256 * 1024
 
 
 class Connection:
@@ -15,35 +18,59 @@ class Connection:
     ``last_seq`` only grows: a frame at or below it is dropped, which is what makes the hand-over
     from replay to the live feed free of duplicates. While the connection is replaying, live
     frames are held back and released after the replay, which makes it free of gaps.
+
+    Live readings beyond the rate limit, or while the client is more than ``max_buffer_bytes``
+    behind, are conflated: only the latest reading per topic waits, and goes out when the budget
+    allows. A client that stays behind for ``slow_consumer_timeout_s`` is cut off (``on_stuck``).
     """
 
-    def __init__(self, patterns: list[Pattern], *, last_seq: int, replaying: bool) -> None:
+    def __init__(
+        self,
+        patterns: list[Pattern],
+        *,
+        last_seq: int,
+        replaying: bool,
+        limits: Limits,
+        on_conflated: Callable[[], None] = lambda: None,
+    ) -> None:
         self.patterns = patterns
         self.last_seq = last_seq
         self.replaying = replaying
+        self.limits = limits
         self.frames: list[bytes] = []
         self.buffered_bytes = 0
         self.unsent_readings = 0
+        self.events_left = limits.max_events or -1
         self.wakeup = asyncio.Event()
         self.drained = asyncio.Event()
         self.closed = False
         self.ending = False
-        self._held: list[tuple[int, bytes]] = []
+        self.end_reason: str | None = None
+        self.on_stuck: Callable[[], None] = lambda: None
+        self._on_conflated = on_conflated
+        self._held: list[tuple[int, str, bytes]] = []
+        self._latest: dict[str, tuple[int, bytes]] = {}
+        self._loop = asyncio.get_running_loop()
+        self._budget = TokenBucket(limits.rate_per_s)
+        self._flush_timer: asyncio.TimerHandle | None = None
+        self._behind_since: float | None = None
 
-    def deliver(self, seq: int, frame: bytes) -> None:
-        """A live reading from the hub."""
+    def deliver(self, seq: int, topic: str, frame: bytes) -> None:
+        """A live reading from the hub: held during a replay, rate limited and conflated otherwise."""
         if self.replaying:
-            self._held.append((seq, frame))
-        else:
-            self.push_reading(seq, frame)
+            self._held.append((seq, topic, frame))
+        elif seq > self.last_seq and not self.ending:
+            self.last_seq = seq
+            if self._latest or not self._may_send_now():
+                self._conflate(topic, seq, frame)
+            else:
+                self._queue_reading(frame)
 
     def push_reading(self, seq: int, frame: bytes) -> None:
-        """Queue a reading frame unless the client already has it."""
-        if seq <= self.last_seq:
-            return
-        self.last_seq = seq
-        self.unsent_readings += 1
-        self.push(frame)
+        """A replayed reading: not rate limited (the replay waits for the client instead), never doubled."""
+        if seq > self.last_seq and not self.ending:
+            self.last_seq = seq
+            self._queue_reading(frame)
 
     def push(self, frame: bytes) -> None:
         """Queue any frame and wake the writer."""
@@ -55,8 +82,8 @@ class Connection:
         """Release the live frames held during the replay; those the replay already sent are dropped."""
         self.replaying = False
         held, self._held = self._held, []
-        for seq, frame in held:
-            self.push_reading(seq, frame)
+        for seq, topic, frame in held:
+            self.deliver(seq, topic, frame)
 
     def take(self) -> tuple[bytes, int]:
         """Everything pending as one write, and how many readings it holds."""
@@ -67,7 +94,14 @@ class Connection:
         self.unsent_readings = 0
         self.wakeup.clear()
         self.drained.set()
+        if self._latest and self._flush_timer is None:
+            self._flush()
         return data, readings
+
+    def written(self) -> None:
+        """The last write completed: the client is keeping up."""
+        if not self.frames:
+            self._behind_since = None
 
     async def wait_drained(self) -> None:
         """Back-pressure for a replay: wait while the client is far behind."""
@@ -75,13 +109,63 @@ class Connection:
             self.drained.clear()
             await self.drained.wait()
 
-    def end(self, frame: bytes) -> None:
-        """Write ``frame`` after what is pending, then close the stream."""
-        self.push(frame)
+    def end(self, reason: str, retry_ms: int | None = None) -> None:
+        """Send ``retry`` (if given) and ``event: end`` after what is pending, then close the stream."""
+        if self.ending:
+            return
+        if retry_ms is not None:
+            self.push(retry_frame(retry_ms))
+        self.push(control_frame("end", {"reason": reason}))
         self.ending = True
+        self.end_reason = reason
 
     def close(self) -> None:
         """Stop the writer at its next turn, writing nothing more (the client is gone, or we stop)."""
         self.closed = True
         self.wakeup.set()
         self.drained.set()
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+
+    def _queue_reading(self, frame: bytes) -> None:
+        self.unsent_readings += 1
+        self.push(frame)
+        if self.events_left > 0:
+            self.events_left -= 1
+            if self.events_left == 0:
+                self.end("max_events")
+
+    def _may_send_now(self) -> bool:
+        """Spend a token of the rate budget, unless the client is too far behind to take more now."""
+        return self.buffered_bytes <= self.limits.max_buffer_bytes and self._budget.take()
+
+    def _conflate(self, topic: str, seq: int, frame: bytes) -> None:
+        if topic in self._latest:
+            self._on_conflated()
+        self._latest[topic] = (seq, frame)
+        if self.buffered_bytes > self.limits.max_buffer_bytes:
+            now = self._loop.time()
+            if self._behind_since is None:
+                self._behind_since = now
+            elif now - self._behind_since > self.limits.slow_consumer_timeout_s:
+                self.end_reason = "slow_consumer"
+                self.on_stuck()
+                return
+        if self._flush_timer is None:
+            self._flush_timer = self._loop.call_later(self._budget.wait_s(), self._flush)
+
+    def _flush(self) -> None:
+        """Send conflated readings, oldest first, as far as the budget allows; come back for the rest."""
+        self._flush_timer = None
+        if self.closed or self.ending:
+            return
+        for topic, (_seq, frame) in sorted(self._latest.items(), key=lambda item: item[1][0]):
+            if not self._may_send_now():
+                break
+            del self._latest[topic]
+            self._queue_reading(frame)
+            if self.ending:
+                return
+        if self._latest and self.buffered_bytes <= self.limits.max_buffer_bytes:
+            self._flush_timer = self._loop.call_later(self._budget.wait_s(), self._flush)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 
 import nats.errors
 import structlog
@@ -19,6 +20,7 @@ from core.readings import event_frame
 from core.topics import Subjects
 from stream.connection import Connection
 from stream.index import PatternIndex
+from stream.limits import TokenBucket, jittered
 from stream.metrics import StreamMetrics
 from stream.upstream import OrderedFeed
 
@@ -36,13 +38,18 @@ class Hub:
         self.subjects = Subjects(link.settings.subject_prefix)
         self.index: PatternIndex[Connection] = PatternIndex()
         self.connections: set[Connection] = set()
+        self.per_client: Counter[str] = Counter()
         self.last_seq = 0
+        self.draining = False
         self.ready = asyncio.Event()
+        self._connects = TokenBucket(link.settings.max_connects_per_s)
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._feed: OrderedFeed | None = None
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         """Start the live feed in the background, once NATS and the stream are there."""
+        self._loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._run(), name="hub-live-feed")
 
     async def stop(self) -> None:
@@ -56,17 +63,34 @@ class Hub:
         for connection in list(self.connections):
             connection.close()
 
-    def add(self, connection: Connection) -> int:
+    def refusal(self, client: str) -> str | None:
+        """Why a new connection from ``client`` is refused (a cap, the connect rate, a drain), or None."""
+        settings = self.link.settings
+        if self.draining:
+            return "shutdown"
+        if len(self.connections) >= settings.max_connections:
+            return "too_many_connections"
+        if self.per_client[client] >= settings.max_connections_per_client:
+            return "too_many_connections_from_client"
+        if not self._connects.take():
+            return "connect_rate"
+        return None
+
+    def add(self, connection: Connection, client: str) -> int:
         """Register a connection; returns ``last_seq``: later readings reach it through the live feed."""
         self.connections.add(connection)
+        self.per_client[client] += 1
         for pattern in connection.patterns:
             self.index.add(pattern, connection)
         self.metrics.connections_active.set(len(self.connections))
         return self.last_seq
 
-    def remove(self, connection: Connection) -> None:
+    def remove(self, connection: Connection, client: str) -> None:
         """Unregister a connection that has ended."""
         self.connections.discard(connection)
+        self.per_client[client] -= 1
+        if self.per_client[client] <= 0:
+            del self.per_client[client]
         for pattern in connection.patterns:
             self.index.remove(pattern, connection)
         self.metrics.connections_active.set(len(self.connections))
@@ -114,10 +138,26 @@ class Hub:
             log.debug("foreign_message_skipped", seq=seq, subject=subject)
             return
         for connection in subscribers:
-            connection.deliver(seq, frame)
+            connection.deliver(seq, topic, frame)
+
+    def request_drain(self) -> None:
+        """``drain`` from a signal handler: schedule it on the loop instead of running it in between."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.drain)
+
+    def drain(self) -> None:
+        """Shutting down: refuse new streams, and end every open one with a short jittered ``retry``."""
+        if self.draining:
+            return
+        self.draining = True
+        log.info("draining", connections=len(self.connections))
+        for connection in list(self.connections):
+            connection.end("shutdown", retry_ms=jittered(self.link.settings.overload_retry_ms))
 
     def not_ready_reason(self) -> str | None:
-        """Why new streams cannot be served yet, or None."""
+        """Why new streams cannot be served, or None."""
+        if self.draining:
+            return "shutting down"
         reason = self.link.not_ready_reason()
         if reason is None and not self.ready.is_set():
             return "live feed not started yet"

@@ -33,4 +33,21 @@ class StreamMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self.conflated = Counter(
+            "telemetry_stream_conflated_readings",
+            "Readings replaced by a newer one of the same topic before they were sent (rate limit, slow client).",
+            registry=self.registry,
+        )
+        self.ended = Counter(
+            "telemetry_stream_ended_connections",
+            "Streams the server ended, by reason.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.refused = Counter(
+            "telemetry_stream_refused_connections",
+            "Streams refused by a cap or a drain, by reason.",
+            ["reason"],
+            registry=self.registry,
+        )
         self.keepalives = Counter("telemetry_stream_keepalives", "Keep-alive comments written.", registry=self.registry)

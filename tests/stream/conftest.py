@@ -29,13 +29,17 @@ async def js(settings: Settings) -> AsyncIterator[JetStreamContext]:
 
 @pytest.fixture
 def publish(js: JetStreamContext, settings: Settings) -> Publish:
-    """``await publish(site, device, metric, values)``: store readings as ingest would; returns their seqs."""
+    """``await publish(site, device, metric, values)``: store readings as ingest would; returns their seqs.
+
+    ``padding`` adds about that many bytes of tags to each reading, for tests that need volume.
+    """
     subjects = Subjects(settings.subject_prefix)
 
-    async def publish_values(site: str, device: str, metric: str, values: list[float]) -> list[int]:
+    async def publish_values(site: str, device: str, metric: str, values: list[float], padding: int = 0) -> list[int]:
+        tags = {f"pad{i}": "x" * 250 for i in range(min(16, padding // 256))} or None
         seqs = []
         for value in values:
-            reading = Reading(site=site, device=device, metric=metric, value=value)
+            reading = Reading(site=site, device=device, metric=metric, value=value, tags=tags)
             ack = await js.publish(
                 subjects.for_topic(reading.topic),
                 stored_payload(reading, datetime.now(UTC)),

@@ -4,54 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
-from httpx_sse import ServerSentEvent, aconnect_sse
+from httpx_sse import ServerSentEvent
+from support.sse import EVENT_TIMEOUT_S, Serve, events, seqs, take
 
 from core.settings import Settings
 from stream.app import create_app
 
-Serve = Callable[..., AbstractAsyncContextManager[str]]
-EVENT_TIMEOUT_S = 10.0
 SENTINEL = -1.0
-
-
-@asynccontextmanager
-async def events(
-    url: str, *topics: str, headers: dict[str, str] | None = None, **params: Any
-) -> AsyncIterator[AsyncIterator[ServerSentEvent]]:
-    """An SSE subscription as a browser makes it; yields its event iterator."""
-    query: list[tuple[str, str]] = [("topic", t) for t in topics] + [(k, str(v)) for k, v in params.items()]
-    async with (
-        httpx.AsyncClient(timeout=httpx.Timeout(5.0, read=None)) as client,
-        aconnect_sse(client, "GET", f"{url}/v1/stream", params=query, headers=headers or {}) as source,
-    ):
-        source.response.raise_for_status()
-        yield source.aiter_sse()
-
-
-async def take(stream: AsyncIterator[ServerSentEvent], count: int) -> list[ServerSentEvent]:
-    """The next ``count`` events that are not just the initial retry hint."""
-    received: list[ServerSentEvent] = []
-
-    async def collect() -> None:
-        async for event in stream:
-            if event.event == "message" and not event.data:
-                continue  # the retry hint alone
-            received.append(event)
-            if len(received) == count:
-                return
-
-    await asyncio.wait_for(collect(), EVENT_TIMEOUT_S)
-    return received
-
-
-def seqs(events_: list[ServerSentEvent]) -> list[int]:
-    return [int(event.id) for event in events_]
 
 
 async def test_live_reading_arrives_as_one_event(settings: Settings, serve: Serve, publish: Any) -> None:
@@ -150,9 +114,10 @@ async def test_without_an_id_the_stream_starts_live(settings: Settings, serve: S
 
 
 async def test_resume_racing_live_traffic_loses_and_doubles_nothing(
-    settings: Settings, serve: Serve, publish: Any
+    make_settings: Callable[..., Settings], serve: Serve, publish: Any
 ) -> None:
     """Readings keep arriving while many clients replay: each sees every reading once, in order."""
+    settings = make_settings(max_rate_per_s=1e6)  # no conflation: every reading must arrive
     before = await publish("race", "d", "m", list(range(200)))
     published: list[int] = list(before)
 

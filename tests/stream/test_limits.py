@@ -1,0 +1,157 @@
+"""Per-connection limits, caps, slow consumers and drain, over real sockets against a real nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+from support.sse import EVENT_TIMEOUT_S, Serve, events, seqs, take
+
+from core.settings import Settings
+from stream.app import create_app
+
+
+def reading_values(received: list[Any]) -> list[float]:
+    return [json.loads(event.data)["value"] for event in received if event.event == "reading"]
+
+
+async def metric(url: str, name: str) -> float:
+    """One sample of the service's /metrics, as a user's Prometheus would read it."""
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(f"{url}/metrics")).text
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+async def test_max_events_ends_the_stream_and_resume_loses_nothing(
+    settings: Settings, serve: Serve, publish: Any
+) -> None:
+    stored = await publish("s", "d", "m", [1, 2, 3, 4, 5])
+    async with serve(create_app(settings)) as url:
+        async with events(url, "s.>", last_event_id=0, max_events=3) as stream:
+            *first, end = await take(stream, 4)
+            assert [e.event for e in [*first, end]] == ["reading"] * 3 + ["end"]
+            assert json.loads(end.data) == {"reason": "max_events"}
+            assert await take_nothing_more(stream)
+        async with events(url, "s.>", headers={"Last-Event-ID": first[-1].id}) as stream:
+            rest = await take(stream, 2)
+    assert seqs(first) + seqs(rest) == stored
+
+
+async def take_nothing_more(stream: Any) -> bool:
+    """True when the server closed the stream (the iterator ends)."""
+    async with asyncio.timeout(EVENT_TIMEOUT_S):
+        async for _event in stream:
+            return False
+    return True
+
+
+async def test_lifetime_ends_the_stream_with_a_reason(
+    make_settings: Callable[..., Settings], serve: Serve, publish: Any
+) -> None:
+    settings = make_settings(max_lifetime_s=0.5)
+    async with serve(create_app(settings)) as url, events(url, "s.>") as stream:
+        [end] = await take(stream, 1)
+        assert end.event == "end"
+        assert json.loads(end.data) == {"reason": "max_lifetime"}
+        assert await take_nothing_more(stream)
+        assert await metric(url, 'telemetry_stream_ended_connections_total{reason="max_lifetime"}') == 1
+
+
+async def test_rate_limit_conflates_to_the_latest_value_per_topic(
+    settings: Settings, serve: Serve, publish: Any
+) -> None:
+    async with serve(create_app(settings)) as url, events(url, "s.>", rate=1) as stream:
+        await publish("s", "d", "a", [1])
+        [first] = await take(stream, 1)
+        await publish("s", "d", "a", [2, 3, 4])
+        await publish("s", "d", "b", [10, 11])
+        later = await take(stream, 2)
+        assert reading_values([first]) == [1]
+        assert sorted(reading_values(later)) == [4, 11]  # latest per topic wins, nothing older
+        assert await metric(url, "telemetry_stream_conflated_readings_total") == 3
+
+
+async def test_connection_caps_answer_200_with_retry_and_end(
+    make_settings: Callable[..., Settings], serve: Serve
+) -> None:
+    settings = make_settings(max_connections_per_client=2, overload_retry_ms=4000)
+    async with serve(create_app(settings)) as url, events(url, "a.b.c"), events(url, "a.b.c"):
+        async with httpx.AsyncClient() as client:
+            refused = await client.get(f"{url}/v1/stream", params={"topic": "a.b.c"})
+    assert refused.status_code == 200  # a browser's EventSource gives up for good on anything else
+    assert refused.headers["content-type"].startswith("text/event-stream")
+    retry, end = refused.text.strip().split("\n\n")
+    assert 2000 <= int(retry.removeprefix("retry: ")) <= 4000
+    assert end == 'event: end\ndata: {"reason":"too_many_connections_from_client"}'
+
+
+async def test_process_cap(make_settings: Callable[..., Settings], serve: Serve) -> None:
+    settings = make_settings(max_connections=1)
+    async with serve(create_app(settings)) as url, events(url, "a.b.c"), httpx.AsyncClient() as client:
+        refused = await client.get(f"{url}/v1/stream", params={"topic": "a.b.c"})
+        assert refused.text.endswith('event: end\ndata: {"reason":"too_many_connections"}\n\n')
+        assert await metric(url, 'telemetry_stream_refused_connections_total{reason="too_many_connections"}') == 1
+
+
+async def test_connect_rate_limit(make_settings: Callable[..., Settings], serve: Serve) -> None:
+    settings = make_settings(max_connects_per_s=2)
+    async with serve(create_app(settings)) as url, events(url, "a.b.c"), events(url, "a.b.c"):
+        async with httpx.AsyncClient() as client:
+            third = await client.get(f"{url}/v1/stream", params={"topic": "a.b.c"})
+    assert third.text.endswith('data: {"reason":"connect_rate"}\n\n')
+
+
+async def test_a_client_that_never_reads_is_cut_off_and_others_are_unaffected(
+    make_settings: Callable[..., Settings], serve: Serve, publish: Any
+) -> None:
+    settings = make_settings(max_buffer_bytes=16_384, slow_consumer_timeout_s=0.3, max_rate_per_s=1e6)
+    async with serve(create_app(settings)) as url:
+        host, port = url.removeprefix("http://").split(":")
+        stuck = socket.socket()
+        stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stuck.connect((host, int(port)))
+        stuck.sendall(f"GET /v1/stream?topic=s.%3E HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        async with events(url, "s.>") as healthy:
+            big = [float(i) for i in range(1500)]
+            stored: list[int] = []
+            while await metric(url, 'telemetry_stream_ended_connections_total{reason="slow_consumer"}') == 0:
+                stored += await publish("s", "d", "m", big[:100], padding=2000)
+            received = await take(healthy, len(stored))
+            assert seqs(received) == stored  # the healthy client got everything, in order
+        stuck.setblocking(False)
+        loop = asyncio.get_running_loop()
+        total = 0
+        async with asyncio.timeout(EVENT_TIMEOUT_S):
+            while chunk := await loop.sock_recv(stuck, 65536):
+                total += len(chunk)
+        stuck.close()
+        assert await metric(url, "telemetry_stream_connections_active") == 0
+    assert total < sum(2000 for _ in stored)  # cut off: it never got everything
+
+
+async def test_drain_ends_every_stream_with_a_short_retry(make_settings: Callable[..., Settings], serve: Serve) -> None:
+    settings = make_settings(overload_retry_ms=1000)
+    app = create_app(settings)
+    async with (
+        serve(app) as url,
+        httpx.AsyncClient(timeout=httpx.Timeout(5.0, read=EVENT_TIMEOUT_S)) as client,
+        client.stream("GET", f"{url}/v1/stream", params={"topic": "a.>"}) as first,
+        client.stream("GET", f"{url}/v1/stream", params={"topic": "b.>"}) as second,
+    ):
+        app.state.hub.drain()
+        for response in (first, second):
+            body = (await response.aread()).decode()  # returns once the server closed the stream
+            *_, retry, end = body.strip().split("\n\n")
+            assert 500 <= int(retry.removeprefix("retry: ")) <= 1000
+            assert end == 'event: end\ndata: {"reason":"shutdown"}'
+        ready = await client.get(f"{url}/readyz")
+        late = await client.get(f"{url}/v1/stream", params={"topic": "a.b.c"})
+    assert ready.status_code == 503
+    assert late.text.endswith('data: {"reason":"shutdown"}\n\n')
