@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import nats
@@ -103,6 +104,7 @@ class JetStreamLink:
         self.nc: NATS | None = None
         self.js: JetStreamContext | None = None
         self.stream_confirmed = asyncio.Event()
+        self.on_reconnected: list[Callable[[], None]] = []
         self._task: asyncio.Task[None] | None = None
         self._confirm_task: asyncio.Task[None] | None = None
 
@@ -170,5 +172,7 @@ class JetStreamLink:
 
     async def _on_reconnected(self) -> None:
         log.info("nats_reconnected")
+        for callback in self.on_reconnected:
+            callback()
         if self._confirm_task is None or self._confirm_task.done():
             self._confirm_task = asyncio.create_task(self._confirm_stream(), name=f"{self.name}-stream-check")

@@ -51,6 +51,7 @@ class Hub:
         """Start the live feed in the background, once NATS and the stream are there."""
         self._loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._run(), name="hub-live-feed")
+        self.link.on_reconnected.append(self._on_reconnected)
 
     async def stop(self) -> None:
         """Stop the feed and close every connection."""
@@ -120,6 +121,10 @@ class Hub:
             log.info("live_feed_started", stream=settings.stream_name, after_seq=self.last_seq)
             self.ready.set()
             return
+
+    def _on_reconnected(self) -> None:
+        if self._feed is not None:
+            self._feed.restart("reconnected to NATS")
 
     async def _on_live(self, seq: int, subject: str, payload: bytes, pending: int) -> None:
         """Route one live reading; never suspends, so one slow client cannot hold the others back."""

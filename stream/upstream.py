@@ -148,6 +148,10 @@ class OrderedFeed:
             with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
                 await self._js.delete_consumer(self._stream, consumer)
 
+    def restart(self, reason: str) -> None:
+        """Recreate the consumer from ``next_seq`` now (after a reconnect the server may have lost it)."""
+        self._reset(reason)
+
     def _reset(self, reason: str) -> None:
         """Recreate the consumer from ``next_seq``, once at a time, retrying until it works."""
         if self._closed or (self._resetting is not None and not self._resetting.done()):

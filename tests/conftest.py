@@ -9,24 +9,16 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
-import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI
+from support.net import free_port, wait_for_readyz
 
 from core.serve import server_config
 from core.settings import Settings
 from telemetry.natsserver import LocalNatsServer
 
 _stream_numbers = itertools.count(1)
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="session")
@@ -64,21 +56,6 @@ def settings(make_settings: Callable[..., Settings]) -> Settings:
     return make_settings()
 
 
-READY_DEADLINE_S = 15.0
-
-
-async def wait_ready(base_url: str) -> None:
-    """Poll /readyz: a service connects to NATS in the background, and the probe is all a client has."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + READY_DEADLINE_S
-    async with httpx.AsyncClient() as client:
-        while loop.time() < deadline:
-            if (await client.get(f"{base_url}/readyz")).status_code == 200:
-                return
-            await asyncio.sleep(0.02)
-    raise AssertionError(f"{base_url} not ready within {READY_DEADLINE_S} s")
-
-
 @asynccontextmanager
 async def running(app: FastAPI, ready: bool = True) -> AsyncIterator[str]:
     """Serve an app with uvicorn on a socket bound beforehand; yields its URL once /readyz answers 200.
@@ -94,7 +71,7 @@ async def running(app: FastAPI, ready: bool = True) -> AsyncIterator[str]:
     url = f"http://127.0.0.1:{port}"
     try:
         if ready:
-            await wait_ready(url)
+            await wait_for_readyz(url)
         yield url
     finally:
         server.should_exit = True

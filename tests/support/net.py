@@ -1,0 +1,28 @@
+"""Ports for test servers."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import httpx
+
+READY_DEADLINE_S = 20.0
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def wait_for_readyz(base_url: str, status: int = 200) -> None:
+    """Poll /readyz until it answers ``status``: a service reaches NATS in the background, and the probe is
+    what a user (or an orchestrator) has to know it."""
+    async with httpx.AsyncClient() as client, asyncio.timeout(READY_DEADLINE_S):
+        while True:
+            if (await client.get(f"{base_url}/readyz")).status_code == status:
+                return
+            await asyncio.sleep(0.02)
