@@ -59,6 +59,10 @@ class Settings(BaseSettings):
     keepalive_s: float = Field(default=15.0, gt=0, description="Quiet time before a keep-alive comment.")
     retry_ms: int = Field(default=2000, ge=0, description="Reconnect delay hint sent to SSE clients.")
     max_patterns: int = Field(default=32, gt=0, description="Most topic patterns on one SSE connection.")
+    max_replay: int = Field(
+        default=100_000, gt=0, description="Most stream sequences one resume replays; beyond it 'reset' says where."
+    )
+    max_concurrent_replays: int = Field(default=64, gt=0, description="Replays run at once; others wait their turn.")
     max_rate_per_s: float = Field(
         default=200.0, gt=0, description="Most reading events per second per connection; beyond it readings conflate."
     )

@@ -42,6 +42,7 @@ class Hub:
         self.last_seq = 0
         self.draining = False
         self.ready = asyncio.Event()
+        self.replay_slots = asyncio.Semaphore(link.settings.max_concurrent_replays)
         self._connects = TokenBucket(link.settings.max_connects_per_s)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._feed: OrderedFeed | None = None

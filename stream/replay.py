@@ -36,17 +36,22 @@ async def plan_resume(link: JetStreamLink, requested: int) -> ResumePlan:
     Older than the oldest stored reading: a ``reset`` event (reason ``history_expired``) and everything
     stored. Beyond the newest (the stream was recreated, or the id is not one of ours): a ``reset``
     (reason ``unknown_id``) and everything stored, since nothing stored can be known to the client.
+    More than ``max_replay`` sequences back: a ``reset`` (reason ``replay_limit``) and the last
+    ``max_replay`` sequences.
     """
     assert link.js is not None
     state = (await link.js.stream_info(link.settings.stream_name)).state
     first_available = state.first_seq or 1
     if requested > state.last_seq:
-        reason = "unknown_id"
+        reason, start_after = "unknown_id", first_available - 1
     elif requested < first_available - 1:
-        reason = "history_expired"
+        reason, start_after = "history_expired", first_available - 1
     else:
-        return ResumePlan(start_after=requested)
-    return ResumePlan(start_after=first_available - 1, reset_reason=reason, requested=requested)
+        reason, start_after = None, requested
+    oldest_allowed = state.last_seq - link.settings.max_replay
+    if start_after < oldest_allowed:
+        reason, start_after = "replay_limit", oldest_allowed
+    return ResumePlan(start_after=start_after, reset_reason=reason, requested=requested)
 
 
 async def replay(link: JetStreamLink, connection: Connection, start_after: int, upto: int) -> int:

@@ -136,7 +136,8 @@ class EventStreamResponse(Response):
 
     async def _replay(self, start_after: int, upto: int) -> None:
         try:
-            count = await replay(self.hub.link, self.connection, start_after, upto)
+            async with self.hub.replay_slots:
+                count = await replay(self.hub.link, self.connection, start_after, upto)
         except (TimeoutError, nats.errors.Error) as err:
             log.warning("replay_failed", error=str(err) or repr(err), start_after=start_after)
             self.connection.end("replay_failed", retry_ms=jittered(self.settings.retry_ms))

@@ -212,3 +212,14 @@ async def test_metrics_count_connections_and_events(settings: Settings, serve: S
             during = (await client.get(f"{url}/metrics")).text
         assert "telemetry_stream_connections_active 1.0" in during
         assert "telemetry_stream_events_sent_total 2.0" in during
+
+
+async def test_replay_beyond_the_limit_starts_with_a_reset(
+    make_settings: Callable[..., Settings], serve: Serve, publish: Any
+) -> None:
+    settings = make_settings(max_replay=3)
+    stored = await publish("s", "d", "m", [1, 2, 3, 4, 5, 6])
+    async with serve(create_app(settings)) as url, events(url, "s.>", last_event_id=0) as stream:
+        reset, *replayed = await take(stream, 4)
+    assert json.loads(reset.data) == {"reason": "replay_limit", "requested_id": 0, "first_available_id": stored[3]}
+    assert seqs(replayed) == stored[3:]
