@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -34,13 +35,24 @@ class LocalNatsServer:
     """One nats-server process on loopback with JetStream and a store directory."""
 
     def __init__(
-        self, *, port: int, monitor_port: int, store_dir: Path, host: str = "127.0.0.1", log_file: Path | None = None
+        self,
+        *,
+        port: int,
+        monitor_port: int,
+        store_dir: Path,
+        host: str = "127.0.0.1",
+        log_file: Path | None = None,
+        start_new_session: bool = False,
+        preexec_fn: Callable[[], None] | None = None,
     ) -> None:
+        """``start_new_session`` and ``preexec_fn`` go to Popen: a supervisor keeps Ctrl-C and its own death in hand."""
         self.host = host
         self.port = port
         self.monitor_port = monitor_port
         self.store_dir = store_dir
         self.log_file = log_file
+        self.start_new_session = start_new_session
+        self.preexec_fn = preexec_fn
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -69,7 +81,13 @@ class LocalNatsServer:
         output = self.log_file.open("ab") if self.log_file else subprocess.DEVNULL
         try:
             self.process = subprocess.Popen(
-                self.command(), stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=os.environ.copy()
+                self.command(),
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=os.environ.copy(),
+                start_new_session=self.start_new_session,
+                preexec_fn=self.preexec_fn,
             )
         finally:
             if self.log_file and not isinstance(output, int):

@@ -57,13 +57,15 @@ def settings(make_settings: Callable[..., Settings]) -> Settings:
 
 
 @asynccontextmanager
-async def running(app: FastAPI, ready: bool = True) -> AsyncIterator[str]:
+async def running(app: FastAPI, ready: bool = True, port: int = 0) -> AsyncIterator[str]:
     """Serve an app with uvicorn on a socket bound beforehand; yields its URL once /readyz answers 200.
 
-    With ``ready=False`` it yields at once (for tests of a service that cannot become ready).
+    With ``ready=False`` it yields at once (for tests of a service that cannot become ready); with a
+    ``port``, a restarted service is found where its clients left it.
     """
     sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
     sock.listen(1024)
     port = sock.getsockname()[1]
     server = uvicorn.Server(server_config(app, "127.0.0.1", port, graceful_s=1))

@@ -1,0 +1,143 @@
+"""``telemetry tail`` against a real stream service: prints readings, resumes after a drop without a gap."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+
+import nats
+from support.net import free_port
+from support.sse import Serve
+
+from core.jetstream import ensure_stream
+from core.readings import Reading, stored_payload
+from core.settings import Settings
+from core.topics import Subjects
+from stream.app import create_app
+from telemetry.tail import Tail, TailOptions, follow_until, reading_line
+
+WAIT_S = 20.0
+
+
+class Lines(io.StringIO):
+    """Tail's stdout: each complete line goes into a queue the test awaits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.queue: asyncio.Queue[str] = asyncio.Queue()
+        self.all: list[str] = []
+
+    def write(self, text: str) -> int:
+        for line in text.splitlines():
+            self.queue.put_nowait(line)
+            self.all.append(line)
+        return len(text)
+
+    async def next(self) -> str:
+        async with asyncio.timeout(WAIT_S):
+            return await self.queue.get()
+
+
+async def publish(settings: Settings, values: list[float]) -> list[int]:
+    """Store readings straight in JetStream, as the ingest service would; returns their sequences."""
+    nc = await nats.connect(settings.nats_urls)
+    try:
+        js = nc.jetstream()
+        await ensure_stream(js, settings)
+        seqs = []
+        for value in values:
+            reading = Reading(site="lab", device="probe-1", metric="temperature", value=value, unit="°C")
+            subject = Subjects(settings.subject_prefix).for_topic(reading.topic)
+            ack = await js.publish(subject, stored_payload(reading, datetime.now(UTC)), stream=settings.stream_name)
+            seqs.append(ack.seq)
+        return seqs
+    finally:
+        await nc.close()
+
+
+def seq_of(line: str) -> int:
+    return int(line.split()[0])
+
+
+@asynccontextmanager
+async def tailing(options: TailOptions, out: Lines, err: io.StringIO) -> AsyncIterator[Tail]:
+    tail = Tail(options, out=out, err=err)
+    stop = asyncio.Event()
+    task = asyncio.create_task(follow_until(tail, stop))
+    try:
+        yield tail
+    finally:
+        stop.set()
+        assert await task == 0
+
+
+def test_a_reading_is_one_line_with_seq_topic_value_and_unit() -> None:
+    data = json.dumps({"seq": 7, "topic": "lab.probe-1.temperature", "value": 21.5, "unit": "°C"})
+
+    assert reading_line(data).split() == ["7", "lab.probe-1.temperature", "21.5", "°C"]
+
+
+async def test_tail_resumes_after_a_dropped_connection_without_a_gap(
+    make_settings: Callable[..., Settings], serve: Serve
+) -> None:
+    settings = make_settings(retry_ms=200, retry_after_s=1)
+    first = await publish(settings, [20.0, 20.5, 21.0])
+    port = free_port()
+    out, err = Lines(), io.StringIO()
+    options = TailOptions(url=f"http://127.0.0.1:{port}", patterns=("lab.*.temperature",), last_event_id="0")
+
+    async with contextlib.AsyncExitStack() as first_server:
+        await first_server.enter_async_context(serve(create_app(settings), port=port))
+        async with tailing(options, out, err) as tail:
+            assert [seq_of(await out.next()) for _ in first] == first
+            await first_server.aclose()
+            # The service is gone: what is stored meanwhile must arrive after the restart all the same.
+            missed = await publish(settings, [22.0, 22.5])
+            async with serve(create_app(settings), port=port):
+                assert [seq_of(await out.next()) for _ in missed] == missed
+                assert tail.retry_s == 0.2
+                live = await publish(settings, [23.0])
+                assert [seq_of(await out.next())] == live
+
+    assert [seq_of(line) for line in out.all] == first + missed + live
+    assert f"resuming after id {first[-1]}" in err.getvalue()
+
+
+async def test_tail_shows_a_reset_when_the_id_is_unknown(settings: Settings, serve: Serve) -> None:
+    stored = await publish(settings, [19.0])
+    out, err = Lines(), io.StringIO()
+
+    async with serve(create_app(settings)) as url:
+        async with tailing(TailOptions(url=url, patterns=(">",), last_event_id="999"), out, err):
+            reset = await out.next()
+            assert reset.startswith("-- reset: ")
+            assert json.loads(reset.removeprefix("-- reset: "))["reason"] == "unknown_id"
+            assert seq_of(await out.next()) == stored[0]
+
+
+async def test_tail_raw_prints_the_event_data(settings: Settings, serve: Serve) -> None:
+    await publish(settings, [18.5])
+    out, err = Lines(), io.StringIO()
+
+    async with serve(create_app(settings)) as url:
+        async with tailing(TailOptions(url=url, patterns=(">",), last_event_id="0", raw=True), out, err):
+            data = json.loads(await out.next())
+
+    assert data["topic"] == "lab.probe-1.temperature"
+    assert data["value"] == 18.5
+
+
+async def test_tail_gives_up_when_the_server_refuses_the_request(settings: Settings, serve: Serve) -> None:
+    err = io.StringIO()
+
+    async with serve(create_app(settings)) as url:
+        tail = Tail(TailOptions(url=url, patterns=("a..b",)), out=Lines(), err=err)
+        async with asyncio.timeout(WAIT_S):
+            assert await tail.run() == 1
+
+    assert "refused: 400" in err.getvalue()
