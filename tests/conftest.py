@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
 from typing import Any
 
+import nats
+import nats.js.errors
 import pytest
 import uvicorn
 from fastapi import FastAPI
+from support.natsproc import StoppableNatsServer
 from support.net import free_port, wait_for_readyz
 
 from core.serve import server_config
@@ -33,8 +38,11 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNatsS
 
 
 @pytest.fixture
-def make_settings(nats_server: LocalNatsServer) -> Callable[..., Settings]:
-    """Settings on the test nats-server with a stream and subject prefix of the test's own."""
+async def make_settings(nats_server: LocalNatsServer) -> AsyncIterator[Callable[..., Settings]]:
+    """Settings on the test nats-server with a stream and subject prefix of the test's own.
+
+    The stream is deleted afterwards: each one reserves its max_bytes of the shared server's storage.
+    """
     number = next(_stream_numbers)
 
     def make(**overrides: Any) -> Settings:
@@ -47,7 +55,27 @@ def make_settings(nats_server: LocalNatsServer) -> Callable[..., Settings]:
         values.update(overrides)
         return Settings(**values)
 
-    return make
+    yield make
+    nc = await nats.connect(nats_server.url)
+    with contextlib.suppress(nats.js.errors.NotFoundError):
+        await nc.jetstream().delete_stream(f"TEST{number}")
+    await nc.close()
+
+
+@pytest.fixture
+def own_nats(tmp_path: Path) -> Iterator[StoppableNatsServer]:
+    """A nats-server for one test only, which it may pause, stop and restart (the session's must not be)."""
+    server = StoppableNatsServer(port=free_port(), monitor_port=free_port(), store_dir=tmp_path / "nats-store")
+    server.start()
+    yield server
+    server.resume()  # a stopped process does not act on SIGTERM
+    server.stop()
+
+
+@pytest.fixture
+def unused_port() -> int:
+    """A loopback port with nothing listening: a NATS URL that cannot be reached."""
+    return free_port()
 
 
 @pytest.fixture

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import nats
-import pytest
-from support.net import free_port, wait_for_readyz
+from support.net import wait_for_readyz
 from support.sse import Serve, events, seqs, take
 
 from core.readings import Reading, stored_payload
@@ -16,15 +13,6 @@ from core.settings import Settings
 from core.topics import Subjects
 from stream.app import create_app
 from telemetry.natsserver import LocalNatsServer
-
-
-@pytest.fixture
-def own_nats(tmp_path: Path) -> Iterator[LocalNatsServer]:
-    """A nats-server of this test's own, to stop and start again on the same port and store."""
-    server = LocalNatsServer(port=free_port(), monitor_port=free_port(), store_dir=tmp_path / "store")
-    server.start()
-    yield server
-    server.stop()
 
 
 async def store(settings: Settings, values: list[float]) -> list[int]:
