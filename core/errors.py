@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 
 class ApiError(Exception):
@@ -65,7 +66,7 @@ def location(loc: tuple[int | str, ...]) -> str:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Answer ApiError and FastAPI's own parameter errors in the one JSON shape."""
+    """Answer ApiError, FastAPI's parameter errors and Starlette's 404/405 in the one JSON shape."""
 
     async def on_api_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ApiError)
@@ -78,5 +79,12 @@ def install_error_handlers(app: FastAPI) -> None:
         error = InvalidParameter(f"{first['field']}: {first['message']}", field=first["field"], details=details)
         return JSONResponse(error.body(), status_code=error.status)
 
+    async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        code = "not_found" if exc.status_code == 404 else "method_not_allowed" if exc.status_code == 405 else "error"
+        body = {"error": {"code": code, "message": str(exc.detail)}}
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
     app.add_exception_handler(ApiError, on_api_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)

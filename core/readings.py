@@ -11,12 +11,21 @@ import math
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, StringConstraints, field_validator
+from pydantic_core import PydanticCustomError
 
-from core.settings import TOKEN_PATTERN
-from core.topics import topic_of
+from core.topics import TOKEN_RE, topic_of
 
-Token = Annotated[str, StringConstraints(pattern=TOKEN_PATTERN, strict=True)]
+
+def _check_token(value: str) -> str:
+    if not TOKEN_RE.fullmatch(value):
+        raise PydanticCustomError(
+            "token", "must be 1-64 characters of A-Z a-z 0-9 _ - (it becomes one NATS subject token)"
+        )
+    return value
+
+
+Token = Annotated[str, Strict(), AfterValidator(_check_token)]
 FiniteNumber = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 MAX_TAGS = 16
 MAX_TAG_VALUE_CHARS = 256
