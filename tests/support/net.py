@@ -23,6 +23,9 @@ async def wait_for_readyz(base_url: str, status: int = 200) -> None:
     what a user (or an orchestrator) has to know it."""
     async with httpx.AsyncClient() as client, asyncio.timeout(READY_DEADLINE_S):
         while True:
-            if (await client.get(f"{base_url}/readyz")).status_code == status:
-                return
+            try:
+                if (await client.get(f"{base_url}/readyz")).status_code == status:
+                    return
+            except httpx.TransportError:
+                pass  # a process that is still starting
             await asyncio.sleep(0.02)
