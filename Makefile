@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test clean
+.PHONY: run test image chart-readme clean
 
 run: $(STAMP) ## Start nats-server, both services and 5 simulated devices; Ctrl-C stops everything
 	$(BIN)/telemetry run --simulate 5
@@ -21,6 +21,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
+
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE ?= telemetry-platform:$(VERSION)
+
+image: ## Build the container image (one image: `telemetry ingest` by default, `telemetry stream`)
+	docker build -t $(IMAGE) --build-arg VERSION=$(VERSION) \
+	  --build-arg REVISION=$$(git rev-parse HEAD) --build-arg CREATED=$$(date -u +%Y-%m-%dT%H:%M:%SZ) .
+
+chart-readme: $(STAMP) ## Regenerate the values table of charts/telemetry/README.md from values.yaml
+	$(BIN)/python charts/values_table.py charts/telemetry
 
 clean: ## Remove the virtualenv and local data
 	rm -rf $(VENV) .telemetry .mypy_cache .ruff_cache .pytest_cache

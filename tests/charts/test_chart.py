@@ -685,8 +685,8 @@ def test_helm_test_pod_targets_the_services(chart: helm.Chart) -> None:
     assert pod["spec"]["restartPolicy"] == "Never"
     container = container_of(pod)
     assert container["image"] == container_of(deployment(docs, "ingest"))["image"]
-    assert container["command"][:2] == ["python", "-c"]
-    assert container["command"][2] == (CHART_DIR / "files" / "helm_test.py").read_text()
+    assert container["command"][:3] == ["python", "-I", "-c"]
+    assert container["command"][3] == (CHART_DIR / "files" / "helm_test.py").read_text()
     env = container_env(container, docs)
     for component, variable in (("ingest", "INGEST_URL"), ("stream", "STREAM_URL")):
         service = one(docs, "Service", f"{RELEASE}-{component}")
