@@ -5,19 +5,29 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+import structlog
+from starlette.types import Send
+
 from core.readings import control_frame, retry_frame
 from core.topics import Pattern
+from stream.eager import run_eagerly
 from stream.limits import Limits, TokenBucket
+
+log = structlog.get_logger(__name__)
 
 REPLAY_HIGH_WATER_BYTES = 256 * 1024
 
 
 class Connection:
-    """Frames for one client, kept in stream order, each reading at most once.
+    """Frames for one client, kept in stream order, each reading at most once, written as they come.
 
     ``last_seq`` only grows: a frame at or below it is dropped, which is what makes the hand-over
     from replay to the live feed free of duplicates. While the connection is replaying, live
     frames are held back and released after the replay, which makes it free of gaps.
+
+    Frames pushed in one loop turn are written together at the end of the turn (``flush``, called
+    by the hub), straight from the hub's stack when the socket takes them at once, otherwise by a
+    task of this connection's own that finishes the write and writes what piled up meanwhile.
 
     Live readings beyond the rate limit, or while the client is more than ``max_buffer_bytes``
     behind, are conflated: only the latest reading per topic waits, and goes out when the budget
@@ -31,6 +41,7 @@ class Connection:
         last_seq: int,
         replaying: bool,
         limits: Limits,
+        mark_dirty: Callable[[Connection], None],
         on_conflated: Callable[[], None] = lambda: None,
     ) -> None:
         self.patterns = patterns
@@ -41,12 +52,16 @@ class Connection:
         self.buffered_bytes = 0
         self.unsent_readings = 0
         self.events_left = limits.max_events or -1
-        self.wakeup = asyncio.Event()
+        self.dirty = False
         self.drained = asyncio.Event()
         self.closed = False
         self.ending = False
         self.end_reason: str | None = None
         self.on_stuck: Callable[[], None] = lambda: None
+        self.on_written: Callable[[int], None] = lambda readings: None
+        self._send: Send | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._mark_dirty = mark_dirty
         self._on_conflated = on_conflated
         self._held: list[tuple[int, str, bytes]] = []
         self._latest: dict[str, tuple[int, bytes]] = {}
@@ -54,6 +69,15 @@ class Connection:
         self._budget = TokenBucket(limits.rate_per_s)
         self._flush_timer: asyncio.TimerHandle | None = None
         self._behind_since: float | None = None
+        self.last_write = self._loop.time()
+        self.deadline = float("inf")
+
+    def open(self, send: Send) -> None:
+        """The response has started: frames can be written with ``send`` from now on."""
+        self._send = send
+        if self.frames and not self.dirty:
+            self.dirty = True
+            self._mark_dirty(self)
 
     def deliver(self, seq: int, topic: str, frame: bytes) -> None:
         """A live reading from the hub: held during a replay, rate limited and conflated otherwise."""
@@ -73,10 +97,12 @@ class Connection:
             self._queue_reading(frame)
 
     def push(self, frame: bytes) -> None:
-        """Queue any frame and wake the writer."""
+        """Queue any frame; it is written at the end of this loop turn."""
         self.frames.append(frame)
         self.buffered_bytes += len(frame)
-        self.wakeup.set()
+        if not self.dirty and self._send is not None:
+            self.dirty = True
+            self._mark_dirty(self)
 
     def finish_replay(self) -> None:
         """Release the live frames held during the replay; those the replay already sent are dropped."""
@@ -85,23 +111,42 @@ class Connection:
         for seq, topic, frame in held:
             self.deliver(seq, topic, frame)
 
-    def take(self) -> tuple[bytes, int]:
-        """Everything pending as one write, and how many readings it holds."""
+    def flush(self) -> None:
+        """Write everything pending as one chunk, now, unless a write is still under way."""
+        self.dirty = False
+        if self._writer is not None or self.closed or not self.frames or self._send is None:
+            return
         data = b"".join(self.frames) if len(self.frames) > 1 else self.frames[0]
         readings = self.unsent_readings
         self.frames.clear()
         self.buffered_bytes = 0
         self.unsent_readings = 0
-        self.wakeup.clear()
-        self.drained.set()
-        if self._latest and self._flush_timer is None:
-            self._flush()
-        return data, readings
+        try:
+            self._writer = run_eagerly(self._write(self._send, data, readings, final=self.ending))
+        except Exception as err:  # the client is gone in a way uvicorn reports by raising
+            log.debug("write_failed", error=repr(err))
+            self.close()
+            return
+        if self._writer is not None:
+            self._writer.add_done_callback(self._on_writer_done)
 
-    def written(self) -> None:
-        """The last write completed: the client is keeping up."""
+    async def _write(self, send: Send, data: bytes, readings: int, final: bool) -> None:
+        await send({"type": "http.response.body", "body": data, "more_body": not final})
+        self.last_write = self._loop.time()
+        self.on_written(readings)
         if not self.frames:
             self._behind_since = None
+        if self.buffered_bytes <= REPLAY_HIGH_WATER_BYTES:
+            self.drained.set()
+        if self._latest and self._flush_timer is None:
+            self._flush_conflated()
+
+    def _on_writer_done(self, task: asyncio.Task[None]) -> None:
+        self._writer = None
+        if task.cancelled() or task.exception() is not None:
+            self.close()
+        elif self.frames:
+            self.flush()
 
     async def wait_drained(self) -> None:
         """Back-pressure for a replay: wait while the client is far behind."""
@@ -111,7 +156,7 @@ class Connection:
 
     def end(self, reason: str, retry_ms: int | None = None) -> None:
         """Send ``retry`` (if given) and ``event: end`` after what is pending, then close the stream."""
-        if self.ending:
+        if self.ending or self.closed:
             return
         if retry_ms is not None:
             self.push(retry_frame(retry_ms))
@@ -120,13 +165,14 @@ class Connection:
         self.end_reason = reason
 
     def close(self) -> None:
-        """Stop the writer at its next turn, writing nothing more (the client is gone, or we stop)."""
+        """Write nothing more (the client is gone, or it was cut off); stop any write under way."""
         self.closed = True
-        self.wakeup.set()
         self.drained.set()
         if self._flush_timer is not None:
             self._flush_timer.cancel()
             self._flush_timer = None
+        if self._writer is not None:
+            self._writer.cancel()
 
     def _queue_reading(self, frame: bytes) -> None:
         self.unsent_readings += 1
@@ -153,9 +199,9 @@ class Connection:
                 self.on_stuck()
                 return
         if self._flush_timer is None:
-            self._flush_timer = self._loop.call_later(self._budget.wait_s(), self._flush)
+            self._flush_timer = self._loop.call_later(self._budget.wait_s(), self._flush_conflated)
 
-    def _flush(self) -> None:
+    def _flush_conflated(self) -> None:
         """Send conflated readings, oldest first, as far as the budget allows; come back for the rest."""
         self._flush_timer = None
         if self.closed or self.ending:
@@ -168,4 +214,4 @@ class Connection:
             if self.ending:
                 return
         if self._latest and self.buffered_bytes <= self.limits.max_buffer_bytes:
-            self._flush_timer = self._loop.call_later(self._budget.wait_s(), self._flush)
+            self._flush_timer = self._loop.call_later(self._budget.wait_s(), self._flush_conflated)

@@ -16,7 +16,7 @@ import nats.errors
 import structlog
 
 from core.jetstream import JetStreamLink
-from core.readings import event_frame
+from core.readings import KEEPALIVE_FRAME, event_frame
 from core.topics import Subjects
 from stream.connection import Connection
 from stream.index import PatternIndex
@@ -44,22 +44,29 @@ class Hub:
         self.ready = asyncio.Event()
         self.replay_slots = asyncio.Semaphore(link.settings.max_concurrent_replays)
         self._connects = TokenBucket(link.settings.max_connects_per_s)
+        self.events_sent = 0
+        self.keepalives_sent = 0
+        self._dirty: list[Connection] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._feed: OrderedFeed | None = None
         self._task: asyncio.Task[None] | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        metrics.watch(lambda: (self.events_sent, self.keepalives_sent))
 
     def start(self) -> None:
         """Start the live feed in the background, once NATS and the stream are there."""
         self._loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._run(), name="hub-live-feed")
+        self._ticker = asyncio.create_task(self._tick(), name="hub-keepalive")
         self.link.on_reconnected.append(self._on_reconnected)
 
     async def stop(self) -> None:
         """Stop the feed and close every connection."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._ticker):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._feed is not None:
             await self._feed.close()
         for connection in list(self.connections):
@@ -86,6 +93,39 @@ class Hub:
             self.index.add(pattern, connection)
         self.metrics.connections_active.set(len(self.connections))
         return self.last_seq
+
+    def mark_dirty(self, connection: Connection) -> None:
+        """A connection has frames to write: write them once this loop turn's events are all routed."""
+        if not self._dirty:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._dirty.append(connection)
+
+    def count_written(self, readings: int) -> None:
+        """Reading events written to a client (a plain count: this runs per connection per write)."""
+        self.events_sent += readings
+
+    def _flush(self) -> None:
+        dirty, self._dirty = self._dirty, []
+        for connection in dirty:
+            connection.flush()
+
+    async def _tick(self) -> None:
+        """Keep-alive comments for quiet connections and the end of those past their lifetime, for all at once."""
+        settings = self.link.settings
+        keepalive_s = settings.keepalive_s
+        interval_s = min(1.0, keepalive_s / 4, settings.max_lifetime_s / 10 or 1.0)
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval_s)
+            now = loop.time()
+            for connection in self.connections:
+                if connection.ending or connection.closed:
+                    continue
+                if now >= connection.deadline:
+                    connection.end("max_lifetime")
+                elif now - connection.last_write >= keepalive_s and not connection.frames:
+                    connection.push(KEEPALIVE_FRAME)
+                    self.keepalives_sent += 1
 
     def remove(self, connection: Connection, client: str) -> None:
         """Unregister a connection that has ended."""

@@ -2,7 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+
+class HubCounters(Collector):
+    """Counters kept as plain integers by the hub (they change per connection per event) and read at scrape."""
+
+    def __init__(self, read: Callable[[], tuple[int, int]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterable[Metric]:
+        events_sent, keepalives = self._read()
+        yield CounterMetricFamily(
+            "telemetry_stream_events_sent", "Reading events written to clients.", value=events_sent
+        )
+        yield CounterMetricFamily("telemetry_stream_keepalives", "Keep-alive comments written.", value=keepalives)
 
 
 class StreamMetrics:
@@ -14,9 +32,6 @@ class StreamMetrics:
             "telemetry_stream_connections_active", "Open SSE connections.", registry=self.registry
         )
         self.connections = Counter("telemetry_stream_connections", "SSE connections accepted.", registry=self.registry)
-        self.events_sent = Counter(
-            "telemetry_stream_events_sent", "Reading events written to clients.", registry=self.registry
-        )
         self.upstream_messages = Counter(
             "telemetry_stream_upstream_messages",
             "Readings received from the live JetStream feed.",
@@ -50,4 +65,7 @@ class StreamMetrics:
             ["reason"],
             registry=self.registry,
         )
-        self.keepalives = Counter("telemetry_stream_keepalives", "Keep-alive comments written.", registry=self.registry)
+
+    def watch(self, read: Callable[[], tuple[int, int]]) -> None:
+        """Expose the hub's own counters (events sent, keep-alives) on this registry."""
+        self.registry.register(HubCounters(read))

@@ -1,4 +1,9 @@
-"""``GET /v1/stream``: topic patterns in, Server-Sent Events out, resumable with ``Last-Event-ID``."""
+"""``GET /v1/stream``: topic patterns in, Server-Sent Events out, resumable with ``Last-Event-ID``.
+
+``EventStream`` is a plain ASGI endpoint: stream/app.py serves it in front of FastAPI's routing and
+middleware, whose per-message wrappers of ``send`` would cost more than the write of an event itself.
+The FastAPI route below documents it in the OpenAPI schema and serves it the same way if reached.
+"""
 
 from __future__ import annotations
 
@@ -9,21 +14,21 @@ from typing import Annotated
 
 import nats.errors
 import structlog
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Response
+from fastapi.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
-from core.errors import InvalidParameter, ServiceUnavailable
-from core.readings import KEEPALIVE_FRAME, control_frame, retry_frame
+from core.errors import ApiError, ServiceUnavailable
+from core.readings import control_frame, retry_frame
 from core.settings import Settings
-from core.topics import InvalidPattern, Pattern
 from stream.connection import Connection
 from stream.hub import Hub
-from stream.limits import Limits, jittered
+from stream.limits import jittered
 from stream.replay import ResumePlan, plan_resume, replay
+from stream.request import StreamRequest
 
 log = structlog.get_logger(__name__)
 
-MAX_EVENT_ID_DIGITS = 19
 LIFETIME_JITTER = 0.1
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -32,74 +37,58 @@ SSE_HEADERS = [
 ]
 
 
-def parse_patterns(values: list[str], limit: int) -> list[Pattern]:
-    """The ``topic`` parameters as patterns; 400 naming the parameter on the first bad one."""
-    if len(values) > limit:
-        raise InvalidParameter(f"at most {limit} topic patterns per connection", field="topic")
-    try:
-        return list(dict.fromkeys(Pattern.parse(value) for value in values))
-    except InvalidPattern as err:
-        raise InvalidParameter(str(err), field="topic") from None
+class EventStream:
+    """The SSE endpoint as an ASGI app bound to the process's hub."""
 
-
-def parse_event_id(value: str | None, field: str) -> int | None:
-    """A ``Last-Event-ID``: our ids are stream sequences, so anything but a non-negative integer is a 400."""
-    if value is None:
-        return None
-    text = value.strip()
-    if not text.isascii() or not text.isdigit() or len(text) > MAX_EVENT_ID_DIGITS:
-        raise InvalidParameter(
-            f"{field} must be a non-negative integer (an event id this service sent), not {value[:40]!r}", field=field
-        )
-    return int(text)
-
-
-def connection_limits(settings: Settings, rate: float | None, max_events: int | None) -> Limits:
-    """The server's maxima, lowered (never raised) by what the client asked for."""
-    events = settings.max_events
-    if max_events is not None:
-        events = max_events if events == 0 else min(events, max_events)
-    return Limits(
-        rate_per_s=min(settings.max_rate_per_s, rate) if rate is not None else settings.max_rate_per_s,
-        max_events=events,
-        max_buffer_bytes=settings.max_buffer_bytes,
-        slow_consumer_timeout_s=settings.slow_consumer_timeout_s,
-    )
-
-
-def refused_stream(reason: str, retry_ms: int) -> Response:
-    """A 200 that tells an ``EventSource`` to come back later (any other status makes it give up for good)."""
-    body = b"retry: %d\n\n" % jittered(retry_ms) + control_frame("end", {"reason": reason})
-    return Response(
-        body, headers={"cache-control": "no-cache", "x-accel-buffering": "no"}, media_type="text/event-stream"
-    )
-
-
-class EventStreamResponse(Response):
-    """Writes a connection's frames as they come; keep-alive comments when quiet; ends at the limits.
-
-    Not a StreamingResponse: the frames are bytes already, joined into one write when several are
-    pending, and the client's disconnect is watched directly on ``receive``.
-    """
-
-    media_type = "text/event-stream"
-
-    def __init__(
-        self, hub: Hub, connection: Connection, plan: ResumePlan | None, client: str, settings: Settings
-    ) -> None:
-        self.status_code = 200
-        self.background = None
-        self.raw_headers = list(SSE_HEADERS)
+    def __init__(self, hub: Hub, settings: Settings) -> None:
         self.hub = hub
-        self.connection = connection
-        self.plan = plan
-        self.client = client
         self.settings = settings
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        connection, metrics = self.connection, self.hub.metrics
-        live_from = self.hub.add(connection, self.client)
-        metrics.connections.inc()
+        try:
+            request = StreamRequest.from_scope(scope, self.settings)
+            refusal = self.hub.refusal(request.client)
+            if refusal is not None:
+                self.hub.metrics.refused.labels(reason=refusal).inc()
+                await refused_stream(refusal, self.settings.overload_retry_ms)(scope, receive, send)
+                return
+            plan = await self._plan(request.resume_after)
+        except ApiError as err:
+            await JSONResponse(err.body(), status_code=err.status, headers=err.headers)(scope, receive, send)
+            return
+        await self._serve(request, plan, receive, send)
+
+    async def _plan(self, requested: int | None) -> ResumePlan | None:
+        reason = self.hub.not_ready_reason()
+        if reason is not None:
+            raise ServiceUnavailable(f"stream service not ready: {reason}", retry_after_s=self.settings.retry_after_s)
+        if requested is None:
+            return None
+        try:
+            plan = await plan_resume(self.hub.link, requested)
+        except (TimeoutError, nats.errors.Error) as err:
+            raise ServiceUnavailable(
+                f"cannot read the stream to resume: {err or type(err).__name__}",
+                retry_after_s=self.settings.retry_after_s,
+            ) from None
+        if plan.reset_reason is not None:
+            self.hub.metrics.resets.labels(reason=plan.reset_reason).inc()
+        return plan
+
+    async def _serve(self, request: StreamRequest, plan: ResumePlan | None, receive: Receive, send: Send) -> None:
+        hub, metrics = self.hub, self.hub.metrics
+        connection = Connection(
+            request.patterns,
+            last_seq=plan.start_after if plan else 0,
+            replaying=plan is not None,
+            limits=request.limits,
+            mark_dirty=hub.mark_dirty,
+            on_conflated=metrics.conflated.inc,
+        )
+        connection.on_written = hub.count_written
+        lifetime_s = self.settings.max_lifetime_s * (1 - LIFETIME_JITTER * random.random())
+        if lifetime_s > 0:
+            connection.deadline = asyncio.get_running_loop().time() + lifetime_s
         me = asyncio.current_task()
         assert me is not None
 
@@ -107,85 +96,74 @@ class EventStreamResponse(Response):
             me.cancel()
 
         connection.on_stuck = cut_off
-        watcher = asyncio.create_task(self._watch_disconnect(receive))
+        live_from = hub.add(connection, request.client)
+        metrics.connections.inc()
         replaying: asyncio.Task[None] | None = None
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
             connection.push(retry_frame(self.settings.retry_ms))
-            if self.plan is not None:
-                reset = self.plan.reset_frame()
+            if plan is not None:
+                reset = plan.reset_frame()
                 if reset is not None:
                     connection.push(reset)
-                replaying = asyncio.create_task(self._replay(self.plan.start_after, live_from))
-            await self._write(send)
+                replaying = asyncio.create_task(self._replay(connection, plan.start_after, live_from))
+            connection.open(send)
+            # uvicorn answers http.disconnect when the client goes, or once we completed the response.
+            while (await receive())["type"] != "http.disconnect":
+                pass
         except asyncio.CancelledError:
             if connection.end_reason != "slow_consumer":
                 raise
             me.uncancel()
-            log.info("slow_consumer_disconnected", client=self.client)
+            log.info("slow_consumer_disconnected", client=request.client)
         finally:
             connection.close()
-            self.hub.remove(connection, self.client)
+            hub.remove(connection, request.client)
             if connection.end_reason is not None:
                 metrics.ended.labels(reason=connection.end_reason).inc()
-            for task in (watcher, replaying):
-                if task is not None:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+            if replaying is not None:
+                replaying.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await replaying
 
-    async def _replay(self, start_after: int, upto: int) -> None:
+    async def _replay(self, connection: Connection, start_after: int, upto: int) -> None:
         try:
             async with self.hub.replay_slots:
-                count = await replay(self.hub.link, self.connection, start_after, upto)
+                count = await replay(self.hub.link, connection, start_after, upto)
         except (TimeoutError, nats.errors.Error) as err:
             log.warning("replay_failed", error=str(err) or repr(err), start_after=start_after)
-            self.connection.end("replay_failed", retry_ms=jittered(self.settings.retry_ms))
+            connection.end("replay_failed", retry_ms=jittered(self.settings.retry_ms))
             return
         self.hub.metrics.replayed_events.inc(count)
-        self.connection.finish_replay()
-
-    async def _write(self, send: Send) -> None:
-        connection, metrics = self.connection, self.hub.metrics
-        keepalive_s = self.settings.keepalive_s
-        loop = asyncio.get_running_loop()
-        lifetime_s = self.settings.max_lifetime_s * (1 - LIFETIME_JITTER * random.random())
-        deadline = loop.time() + lifetime_s if lifetime_s > 0 else float("inf")
-        while not connection.closed:
-            if connection.frames:
-                data, readings = connection.take()
-                await send({"type": "http.response.body", "body": data, "more_body": True})
-                connection.written()
-                metrics.events_sent.inc(readings)
-                if connection.ending and not connection.frames:
-                    await send({"type": "http.response.body", "body": b"", "more_body": False})
-                    return
-                continue
-            wait_s = min(keepalive_s, deadline - loop.time())
-            if wait_s <= 0:
-                connection.end("max_lifetime")
-                continue
-            try:
-                await asyncio.wait_for(connection.wakeup.wait(), wait_s)
-            except TimeoutError:
-                if loop.time() < deadline:
-                    connection.push(KEEPALIVE_FRAME)
-                    metrics.keepalives.inc()
-
-    async def _watch_disconnect(self, receive: Receive) -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        self.connection.close()
+        connection.finish_replay()
 
 
-def events_router(hub: Hub, settings: Settings) -> APIRouter:
-    """The SSE endpoint, bound to the process's hub."""
+def refused_stream(reason: str, retry_ms: int) -> Response:
+    """A 200 that tells an ``EventSource`` to come back later (any other status makes it give up for good)."""
+    body = retry_frame(jittered(retry_ms)) + control_frame("end", {"reason": reason})
+    headers = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+    return Response(body, headers=headers, media_type="text/event-stream")
+
+
+class _Served(Response):
+    """Hands the request to the ASGI endpoint when FastAPI's route is what reached it."""
+
+    def __init__(self, endpoint: EventStream) -> None:
+        self.endpoint = endpoint
+        self.background = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.endpoint(scope, receive, send)
+
+
+def events_router(endpoint: EventStream) -> APIRouter:
+    """The documented route of the SSE endpoint (its parameters, for /docs)."""
     router = APIRouter(tags=["stream"])
 
     @router.get(
         "/v1/stream",
         summary="Follow readings as Server-Sent Events",
-        response_class=EventStreamResponse,
+        response_class=Response,
         responses={
             200: {"content": {"text/event-stream": {}}, "description": "Events: reading, reset, end."},
             400: {"description": "Bad topic pattern, event id or limit."},
@@ -193,7 +171,6 @@ def events_router(hub: Hub, settings: Settings) -> APIRouter:
         },
     )
     async def stream_events(
-        request: Request,
         topic: Annotated[
             list[str], Query(description="Topic pattern (site.device.metric, '*' one token, final '>' the rest)")
         ],
@@ -210,38 +187,6 @@ def events_router(hub: Hub, settings: Settings) -> APIRouter:
             str | None, Header(alias="Last-Event-ID", description="Sent by EventSource when it reconnects")
         ] = None,
     ) -> Response:
-        patterns = parse_patterns(topic, settings.max_patterns)
-        if last_event_id_header is not None:
-            requested = parse_event_id(last_event_id_header, "Last-Event-ID")
-        else:
-            requested = parse_event_id(last_event_id, "last_event_id")
-        limits = connection_limits(settings, rate, max_events)
-        client = request.client.host if request.client else "unknown"
-        refusal = hub.refusal(client)
-        if refusal is not None:
-            hub.metrics.refused.labels(reason=refusal).inc()
-            return refused_stream(refusal, settings.overload_retry_ms)
-        reason = hub.not_ready_reason()
-        if reason is not None:
-            raise ServiceUnavailable(f"stream service not ready: {reason}", retry_after_s=settings.retry_after_s)
-        plan = None
-        if requested is not None:
-            try:
-                plan = await plan_resume(hub.link, requested)
-            except (TimeoutError, nats.errors.Error) as err:
-                raise ServiceUnavailable(
-                    f"cannot read the stream to resume: {err or type(err).__name__}",
-                    retry_after_s=settings.retry_after_s,
-                ) from None
-            if plan.reset_reason is not None:
-                hub.metrics.resets.labels(reason=plan.reset_reason).inc()
-        connection = Connection(
-            patterns,
-            last_seq=plan.start_after if plan else 0,
-            replaying=plan is not None,
-            limits=limits,
-            on_conflated=hub.metrics.conflated.inc,
-        )
-        return EventStreamResponse(hub, connection, plan, client, settings)
+        return _Served(endpoint)
 
     return router
