@@ -52,15 +52,21 @@ async def take_nothing_more(stream: Any) -> bool:
     return True
 
 
-async def test_lifetime_ends_the_stream_with_a_reason(
+async def test_lifetime_ends_the_stream_and_resume_loses_nothing(
     make_settings: Callable[..., Settings], serve: Serve, publish: Any
 ) -> None:
-    settings = make_settings(max_lifetime_s=0.5)
-    async with serve(create_app(settings)) as url, events(url, "s.>") as stream:
-        [end] = await take(stream, 1)
-        assert end.event == "end"
-        assert json.loads(end.data) == {"reason": "max_lifetime"}
-        assert await take_nothing_more(stream)
+    settings = make_settings(max_lifetime_s=1.0)
+    async with serve(create_app(settings)) as url:
+        async with events(url, "s.>") as stream:
+            first = await publish("s", "d", "m", [1, 2])
+            *received, end = await take(stream, 3)
+            assert seqs(received) == first
+            assert end.event == "end"
+            assert json.loads(end.data) == {"reason": "max_lifetime"}
+            assert await take_nothing_more(stream)
+        meanwhile = await publish("s", "d", "m", [3])
+        async with events(url, "s.>", headers={"Last-Event-ID": received[-1].id}) as stream:
+            assert seqs(await take(stream, 1)) == meanwhile
         assert await metric(url, 'telemetry_stream_ended_connections_total{reason="max_lifetime"}') == 1
 
 
