@@ -34,6 +34,36 @@ class Connection:
     allows. A client that stays behind for ``slow_consumer_timeout_s`` is cut off (``on_stuck``).
     """
 
+    __slots__ = (
+        "_behind_since",
+        "_budget",
+        "_flush_timer",
+        "_held",
+        "_latest",
+        "_loop",
+        "_mark_dirty",
+        "_on_conflated",
+        "_send",
+        "_writer",
+        "buffered_bytes",
+        "closed",
+        "deadline",
+        "dirty",
+        "drained",
+        "end_reason",
+        "ending",
+        "events_left",
+        "frames",
+        "last_seq",
+        "last_write",
+        "limits",
+        "on_stuck",
+        "on_written",
+        "patterns",
+        "replaying",
+        "unsent_readings",
+    )
+
     def __init__(
         self,
         patterns: list[Pattern],

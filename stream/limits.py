@@ -20,6 +20,8 @@ class Limits:
 class TokenBucket:
     """``rate_per_s`` events per second on average, in bursts of up to one second's worth."""
 
+    __slots__ = ("_at", "_capacity", "_tokens", "rate_per_s")
+
     def __init__(self, rate_per_s: float) -> None:
         self.rate_per_s = rate_per_s
         self._capacity = max(1.0, rate_per_s)
