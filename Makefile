@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test image chart-readme clean
+.PHONY: run test loadtest image chart-readme clean
 
 run: $(STAMP) ## Start nats-server, both services and 5 simulated devices; Ctrl-C stops everything
 	$(BIN)/telemetry run --simulate 5
@@ -14,6 +14,11 @@ test: $(STAMP) ## Lint, type-check and run the whole test suite against real nat
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/pytest
+
+LOADTEST_ARGS ?= --run-time-s 60 --shape storm --devices 200 --dashboards 100 --sites 20
+
+loadtest: $(STAMP) ## Locust load test, headless and bounded, against a platform started here; reports in loadtest/reports/
+	$(BIN)/python -m loadtest.run $(LOADTEST_ARGS)
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed (set PYTHON=...)")'
