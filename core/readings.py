@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from datetime import UTC, datetime
+from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, StringConstraints, field_validator
@@ -71,7 +73,10 @@ class Reading(BaseModel):
                 raise ValueError("ts must be RFC 3339, e.g. 2026-11-27T06:56:09Z") from None
             if parsed.tzinfo is None:
                 raise ValueError("ts must carry a UTC offset or Z (RFC 3339)")
-            return parsed.astimezone(UTC)
+            try:
+                return parsed.astimezone(UTC)
+            except OverflowError:
+                raise ValueError("ts is out of range once converted to UTC") from None
         raise ValueError("ts must be an RFC 3339 string or epoch seconds")
 
     @property
@@ -81,18 +86,42 @@ class Reading(BaseModel):
 
 
 def format_ts(moment: datetime) -> str:
-    """RFC 3339 in UTC with microseconds and a ``Z``."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """RFC 3339 in UTC with microseconds and a ``Z`` (no ``strftime``: it is a third of the cost)."""
+    utc = moment.astimezone(UTC)
+    return (
+        f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T{utc.hour:02d}:{utc.minute:02d}:{utc.second:02d}."
+        f"{utc.microsecond:06d}Z"
+    )
+
+
+# The stored fields in model order, less "ts", which is written formatted after them.
+_STORED_FIELDS = tuple(name for name in Reading.model_fields if name != "ts")
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+# What _ENCODER.encode builds anew on every call, built once (CPython always has the C encoder).
+_iterencode = c_make_encoder(None, _ENCODER.default, encode_basestring, None, ":", ",", False, False, True)
+
+
+def _stored(reading: Reading, received_at: str) -> bytes:
+    body: dict[str, Any] = {"topic": reading.topic}
+    for name in _STORED_FIELDS:
+        value = getattr(reading, name)
+        if value is not None:
+            body[name] = value
+    if reading.ts is not None:
+        body["ts"] = format_ts(reading.ts)
+    body["received_at"] = received_at
+    return "".join(_iterencode(body, 0)).encode()
 
 
 def stored_payload(reading: Reading, received_at: datetime) -> bytes:
     """The JSON stored in JetStream: the topic first, then the reading, then the server's receive time."""
-    body: dict[str, Any] = {"topic": reading.topic}
-    body.update(reading.model_dump(exclude_none=True, exclude={"ts"}))
-    if reading.ts is not None:
-        body["ts"] = format_ts(reading.ts)
-    body["received_at"] = format_ts(received_at)
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    return _stored(reading, format_ts(received_at))
+
+
+def stored_payloads(readings: Sequence[Reading], received_at: datetime) -> list[tuple[str, bytes]]:
+    """Each reading's topic and ``stored_payload``, for a batch received at one time (the ingest's hot path)."""
+    received = format_ts(received_at)
+    return [(reading.topic, _stored(reading, received)) for reading in readings]
 
 
 def event_data(seq: int, payload: bytes) -> bytes | None:

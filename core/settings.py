@@ -54,6 +54,23 @@ class Settings(BaseSettings):
     publish_timeout_s: float = Field(default=5.0, gt=0, description="Longest wait for JetStream's acknowledgements.")
     shutdown_grace_s: float = Field(default=5.0, ge=0, description="Longest wait for open requests at shutdown.")
     retry_after_s: int = Field(default=2, ge=1, description="Retry-After sent with a 503.")
+    max_inflated_bytes: int = Field(
+        default=8 << 20, gt=0, description="Largest body after gzip decompression (stops decompression bombs)."
+    )
+    max_in_flight: int = Field(
+        default=4000, gt=0, description="Most readings waiting for JetStream's acknowledgement per ingest process."
+    )
+    ingest_rate_per_device_per_s: float = Field(
+        default=100.0,
+        ge=0,
+        description="Average readings per second one device (site.device) may send; 0 for no limit.",
+    )
+    ingest_burst_per_device: int = Field(
+        default=1000, gt=0, description="Readings a device may send at once above its rate; at least max_batch."
+    )
+    ingest_rate_max_devices: int = Field(
+        default=100_000, gt=0, description="Devices whose rate is tracked at once; the least recently seen go first."
+    )
 
     # Stream service
     keepalive_s: float = Field(default=15.0, gt=0, description="Quiet time before a keep-alive comment.")
@@ -110,5 +127,13 @@ class Settings(BaseSettings):
         if self.stream_max_age_s and self.stream_duplicate_window_s > self.stream_max_age_s:
             raise ValueError(
                 "stream_duplicate_window_s must not exceed stream_max_age_s (JetStream rejects such a stream)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _batch_within_burst(self) -> Settings:
+        if self.ingest_rate_per_device_per_s and self.ingest_burst_per_device < self.max_batch:
+            raise ValueError(
+                "ingest_burst_per_device must be at least max_batch (else a full batch from one device never passes)"
             )
         return self

@@ -1,34 +1,38 @@
-"""From an HTTP request to validated readings, or an error that names what was wrong.
+"""From an HTTP request to the bytes of its body: media type, content coding, and both size limits.
 
-The whole request is checked before anything is published: media type, size (read incrementally,
-never more than the limit), UTF-8, JSON syntax, shape, batch length, then every reading at once.
+Nothing here holds more than the limits allow: the body is read chunk by chunk and abandoned as soon as
+it passes ``max_body_bytes`` on the wire, and a gzip body is inflated a step at a time and abandoned as
+soon as it passes ``max_inflated_bytes`` (a few KB of gzip can inflate to gigabytes).
 """
 
 from __future__ import annotations
 
-import json
-from typing import Any
+import zlib
+from collections.abc import AsyncGenerator, Iterator
+from enum import StrEnum
 
 from fastapi import Request
-from pydantic import TypeAdapter, ValidationError
 from starlette.requests import ClientDisconnect
 
-from core.errors import ApiError, location
-from core.readings import Reading
+from core.errors import ApiError
 from core.settings import Settings
 
-JSON_MEDIA_TYPE = "application/json"
 UTF8_CHARSETS = frozenset({"utf-8", "utf8"})
-MAX_ERROR_DETAILS = 100
+GZIP_CODINGS = frozenset({"gzip", "x-gzip"})
+IDENTITY = "identity"
+GZIP_WBITS = 16 + zlib.MAX_WBITS  # a gzip header and trailer, not raw deflate or zlib
+INFLATE_STEP_BYTES = 64 * 1024  # the most one decompress call may produce
 MAX_ECHOED_CHARS = 100
 
-READINGS: TypeAdapter[list[Reading]] = TypeAdapter(list[Reading])
+
+class BodyFormat(StrEnum):
+    """The accepted media types; the values are the ``Content-Type`` words."""
+
+    JSON = "application/json"
+    NDJSON = "application/x-ndjson"
 
 
-class MalformedJson(ApiError):
-    """The body is not UTF-8 JSON; the message says where the parser stopped."""
-
-    code = "malformed_json"
+ACCEPTED = " or ".join(BodyFormat)
 
 
 class IncompleteBody(ApiError):
@@ -37,155 +41,135 @@ class IncompleteBody(ApiError):
     code = "incomplete_body"
 
 
+class MalformedGzip(ApiError):
+    """``Content-Encoding: gzip`` on a body that is not (complete) gzip."""
+
+    code = "malformed_gzip"
+
+
 class BodyTooLarge(ApiError):
-    """The body is larger than ``max_body_bytes``."""
+    """The body is larger than ``max_body_bytes``, or larger than ``max_inflated_bytes`` once inflated."""
 
     status = 413
     code = "body_too_large"
 
 
 class UnsupportedMediaType(ApiError):
-    """The body is not declared as ``application/json``."""
+    """The body is declared as neither JSON nor NDJSON."""
 
     status = 415
     code = "unsupported_media_type"
 
 
-class InvalidReadings(ApiError):
-    """At least one reading is invalid (or the body is no reading at all); nothing was published."""
+class UnsupportedEncoding(ApiError):
+    """A ``Content-Encoding`` other than gzip; the answer's ``Accept-Encoding`` says what is (RFC 9110, 12.5.3)."""
 
-    status = 422
-    code = "invalid_readings"
+    status = 415
+    code = "unsupported_content_encoding"
 
-
-class BatchTooLarge(ApiError):
-    """More readings in one request than ``max_batch``.
-
-    422 rather than 413: the body was within the byte limit and parsed fine; it is its content that is refused.
-    """
-
-    status = 422
-    code = "batch_too_large"
+    def __init__(self, message: str) -> None:
+        super().__init__(message, field="Content-Encoding", headers={"Accept-Encoding": "gzip"})
 
 
-def check_content_type(header: str | None) -> None:
-    """Accept ``application/json``, with a charset parameter only if it says UTF-8 (the one encoding of JSON)."""
+def check_content_type(header: str | None) -> BodyFormat:
+    """JSON or NDJSON, with a charset parameter only if it says UTF-8 (the one encoding of JSON)."""
     if header is None:
-        raise UnsupportedMediaType(f"Content-Type must be {JSON_MEDIA_TYPE}; none was sent", field="Content-Type")
+        raise UnsupportedMediaType(f"Content-Type must be {ACCEPTED}; none was sent", field="Content-Type")
     media_type, _, parameters = header.partition(";")
-    if media_type.strip().lower() != JSON_MEDIA_TYPE:
+    try:
+        body_format = BodyFormat(media_type.strip().lower())
+    except ValueError:
         raise UnsupportedMediaType(
-            f"Content-Type must be {JSON_MEDIA_TYPE}, not {header[:MAX_ECHOED_CHARS]!r}", field="Content-Type"
-        )
+            f"Content-Type must be {ACCEPTED}, not {header[:MAX_ECHOED_CHARS]!r}", field="Content-Type"
+        ) from None
     for parameter in parameters.split(";"):
         name, _, value = parameter.partition("=")
         if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in UTF8_CHARSETS:
             raise UnsupportedMediaType(
                 f"JSON is UTF-8; charset {value.strip()[:MAX_ECHOED_CHARS]!r} is not accepted", field="Content-Type"
             )
+    return body_format
 
 
-async def read_readings(request: Request, settings: Settings) -> list[Reading]:
-    """Every check on a request, in order of cost, before anything is published."""
-    check_content_type(request.headers.get("content-type"))
-    body = await read_body(request, settings.max_body_bytes)
-    return parse_readings(body, settings.max_batch)
+def is_gzip(header: str | None) -> bool:
+    """Whether the body is gzip; only gzip (or none, or identity) is accepted, and only one coding."""
+    coding = (header or IDENTITY).strip().lower()
+    if coding in GZIP_CODINGS:
+        return True
+    if coding in (IDENTITY, ""):
+        return False
+    raise UnsupportedEncoding(f"Content-Encoding must be gzip (or none), not {coding[:MAX_ECHOED_CHARS]!r}")
 
 
-async def read_body(request: Request, max_body_bytes: int) -> bytes:
-    """The body, read chunk by chunk and abandoned as soon as it passes ``max_body_bytes``."""
+class Inflater:
+    """Inflates a gzip body a step at a time, refusing it as soon as it passes ``max_inflated_bytes``."""
+
+    def __init__(self, max_inflated_bytes: int) -> None:
+        self._limit = max_inflated_bytes
+        self._inflated = 0
+        self._zlib = zlib.decompressobj(GZIP_WBITS)
+
+    def inflate(self, data: bytes) -> Iterator[bytes]:
+        """The inflated bytes of the next piece of the body, in steps of at most INFLATE_STEP_BYTES."""
+        while data:
+            try:
+                out = self._zlib.decompress(data, INFLATE_STEP_BYTES)
+            except zlib.error as err:
+                raise MalformedGzip(f"the body is not valid gzip ({err})", field="Content-Encoding") from None
+            self._inflated += len(out)
+            if self._inflated > self._limit:
+                raise BodyTooLarge(
+                    f"the body inflates to more than {self._limit} bytes; send fewer readings per request"
+                )
+            if out:
+                yield out
+            if self._zlib.eof:
+                data = self._zlib.unused_data
+                if data:  # a gzip file may hold several members, one after the other (RFC 1952, 2.2)
+                    self._zlib = zlib.decompressobj(GZIP_WBITS)
+            else:
+                data = self._zlib.unconsumed_tail
+
+    def finish(self) -> None:
+        """Refuse a body that ended inside a gzip member."""
+        if not self._zlib.eof:
+            raise MalformedGzip("the gzip body is truncated", field="Content-Encoding")
+
+
+async def body_chunks(request: Request, settings: Settings) -> AsyncGenerator[bytes]:
+    """The body as it arrives, inflated if it is gzip, within both size limits."""
+    inflater = Inflater(settings.max_inflated_bytes) if is_gzip(request.headers.get("content-encoding")) else None
+    limit = settings.max_body_bytes
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
-            too_large = int(declared) > max_body_bytes
+            too_large = int(declared) > limit
         except ValueError:
             too_large = False  # the HTTP server has already refused a malformed length; the stream decides
         if too_large:
-            raise _too_large(max_body_bytes)
-    chunks: list[bytes] = []
+            raise _too_large(limit)
     size = 0
     try:
         async for chunk in request.stream():
             size += len(chunk)
-            if size > max_body_bytes:
-                raise _too_large(max_body_bytes)
-            chunks.append(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            if inflater is None:
+                if chunk:
+                    yield chunk
+            else:
+                for inflated in inflater.inflate(chunk):
+                    yield inflated
     except ClientDisconnect:
         raise IncompleteBody("the client disconnected before the body was complete") from None
-    return b"".join(chunks)
+    if inflater is not None:
+        inflater.finish()
+
+
+async def read_body(request: Request, settings: Settings) -> bytes:
+    """The whole body (a JSON document has to be whole to be parsed), within both size limits."""
+    return b"".join([chunk async for chunk in body_chunks(request, settings)])
 
 
 def _too_large(max_body_bytes: int) -> BodyTooLarge:
     return BodyTooLarge(f"the body is larger than {max_body_bytes} bytes; send fewer readings per request")
-
-
-def parse_readings(body: bytes, max_batch: int) -> list[Reading]:
-    """Validated readings from one object or a non-empty array of at most ``max_batch`` objects."""
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise MalformedJson(f"the body is not UTF-8: invalid byte at position {err.start}") from None
-    try:
-        document: Any = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise MalformedJson(
-            f"malformed JSON: {err.msg} at line {err.lineno} column {err.colno} (char {err.pos})"
-        ) from None
-    except ValueError as err:  # valid syntax the parser still refuses, e.g. an integer of more than 4300 digits
-        raise MalformedJson(f"unreadable JSON: {str(err).partition(';')[0]}") from None
-    except RecursionError:
-        raise MalformedJson("JSON nested too deeply to parse (a reading nests at most three levels)") from None
-
-    if isinstance(document, dict):
-        return _validate([document], single=True)
-    if not isinstance(document, list):
-        raise InvalidReadings(
-            f"the body must be a reading (a JSON object) or a batch (a JSON array), not {_json_kind(document)}"
-        )
-    if not document:
-        raise InvalidReadings("the batch is empty; send at least one reading")
-    if len(document) > max_batch:
-        raise BatchTooLarge(f"a batch holds at most {max_batch} readings; this one has {len(document)}")
-    return _validate(document, single=False)
-
-
-def _validate(items: list[Any], *, single: bool) -> list[Reading]:
-    try:
-        return READINGS.validate_python(items)
-    except ValidationError as err:
-        raise _invalid(err, count=len(items), single=single) from None
-
-
-def _invalid(err: ValidationError, *, count: int, single: bool) -> InvalidReadings:
-    """One detail per error, ``index`` (None for a single object) and ``field`` (None for the whole item)."""
-    errors = err.errors(include_url=False, include_input=False, include_context=False)
-    details: list[dict[str, Any]] = []
-    for error in errors[:MAX_ERROR_DETAILS]:
-        index, *field = error["loc"]
-        details.append(
-            {
-                "index": None if single else index,
-                "field": location(tuple(field)) if field else None,
-                "message": error["msg"],
-            }
-        )
-    first = details[0]
-    if single:
-        where = "the reading is invalid"
-    else:
-        bad_items = len({error["loc"][0] for error in errors})
-        where = f"{bad_items} of {count} readings are invalid (first at index {first['index']})"
-    message = f"{where}, nothing was stored: {first['field'] or 'the reading'}: {first['message']}"
-    if len(errors) > MAX_ERROR_DETAILS:
-        message += f" ({len(errors)} errors; the first {MAX_ERROR_DETAILS} are listed)"
-    return InvalidReadings(message, field=first["field"], details=details)
-
-
-def _json_kind(document: Any) -> str:
-    if document is None:
-        return "null"
-    if isinstance(document, bool):
-        return "a boolean"
-    if isinstance(document, str):
-        return "a string"
-    return "a number"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 PUBLISH_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -33,6 +35,15 @@ class IngestMetrics:
             buckets=PUBLISH_BUCKETS_S,
             registry=self.registry,
         )
+
+    def track_devices(self, count: Callable[[], int]) -> None:
+        """Expose how many devices the rate limiter tracks (bounded by ingest_rate_max_devices)."""
+        gauge = Gauge(
+            "telemetry_ingest_rate_tracked_devices",
+            "Devices whose token bucket the per-device rate limit keeps now.",
+            registry=self.registry,
+        )
+        gauge.set_function(lambda: float(count()))
 
     def answered(self, status: int) -> None:
         """Count one answer to POST /v1/readings."""

@@ -1,8 +1,10 @@
 """Publishing a validated batch to JetStream: pipelined, bounded in time, successful only if all is stored.
 
-Every reading is sent with ``publish_async`` before any acknowledgement is awaited, so a batch costs
-one round trip, not one per reading. The answer is a success only when every PubAck arrived; anything
-else is a 503 whose message says how much was stored and that retrying with the same ids is safe.
+Every reading is sent (``PublishContext.publish_reading``, nats-py's ``publish_async`` made leaner) before
+any acknowledgement is awaited, so a batch costs one round trip, not one per reading, with at most
+``max_in_flight`` readings of the process waiting for theirs. The answer is a success only when every
+PubAck arrived; anything else is a 503 whose message says how much was stored and that retrying with the
+same ids is safe.
 """
 
 from __future__ import annotations
@@ -17,39 +19,31 @@ import nats.errors
 import nats.js.errors
 import structlog
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
-from nats.js import JetStreamContext
-from nats.js.api import Header, PubAck
+from nats.js.api import PubAck
 
 from core.errors import ServiceUnavailable
 from core.jetstream import JetStreamLink
-from core.readings import Reading, stored_payload
+from core.readings import Reading, stored_payloads
 from core.settings import Settings
 from core.topics import Subjects
 from ingest.metrics import IngestMetrics
+from ingest.publish_context import PublishContext
 
 log = structlog.get_logger(__name__)
 
-MSG_ID = Header.MSG_ID.value
-NUID_AND_DOT_CHARS = 22 + 2  # how nats-py cuts a publish token out of its reply subject
 
+async def acknowledged(futures: list[asyncio.Future[PubAck]], deadline: float) -> None:
+    """Wait until every future is done, or the deadline passed.
 
-class PublishContext(JetStreamContext):
-    """A JetStream context whose ``publish_async`` futures also fail on a JetStream API error.
-
-    nats-py 2.16's reply handler *raises* the APIError (``APIError.from_error`` raises) instead of
-    setting it on the future: the error goes to the connection's error callback and the future stays
-    pending until our timeout, so a full or mismatched stream would look like a slow one and hold its
-    in-flight slots for ``publish_timeout_s``. This hands the error to the future it belongs to.
+    JetStream acknowledges in the order of publishing, so once the last future is done the others almost
+    always are: one wait per batch instead of asyncio.wait's callback on every future.
     """
-
-    async def _handle_async_reply(self, msg: Msg) -> None:
-        try:
-            await super()._handle_async_reply(msg)
-        except nats.js.errors.APIError as err:
-            future = self._publish_async_futures.get(msg.subject[len(self._nc._inbox_prefix) + NUID_AND_DOT_CHARS :])
-            if future is not None and not future.done():
-                future.set_exception(err)
+    loop = asyncio.get_running_loop()
+    for future in reversed(futures):
+        if not future.done():
+            await asyncio.wait((future,), timeout=max(0.0, deadline - loop.time()))
+            if not future.done():
+                return
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +72,12 @@ class Publisher:
     def _context(self, nc: NATS) -> PublishContext:
         # Created once on the link's connection, which survives reconnects; its reply subscription is reused.
         if self._js is None:
-            self._js = PublishContext(nc, timeout=self._settings.publish_timeout_s)
+            self._js = PublishContext(
+                nc,
+                timeout_s=self._settings.publish_timeout_s,
+                max_in_flight=self._settings.max_in_flight,
+                stream=self._settings.stream_name,
+            )
         return self._js
 
     async def publish(self, readings: Sequence[Reading]) -> list[Stored]:
@@ -93,11 +92,12 @@ class Publisher:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._settings.publish_timeout_s
         started = time.perf_counter()
+        encoded = stored_payloads(readings, datetime.now(UTC))
         futures: list[asyncio.Future[PubAck]] = []
         try:
-            failure = await self._send(nc, js, readings, futures, deadline)
-            if failure is None and futures:
-                await asyncio.wait(futures, timeout=max(0.0, deadline - loop.time()))
+            failure = await self._send(js, readings, encoded, futures, deadline)
+            if failure is None:
+                await acknowledged(futures, deadline)
         finally:
             # An abandoned future keeps its slot in nats-py's in-flight limit until it is done.
             for future in futures:
@@ -107,16 +107,16 @@ class Publisher:
         acks = self._collect(futures)
         if failure is None and len(acks) == len(readings):
             self._metrics.publish_seconds.observe(time.perf_counter() - started)
-            return [Stored(r.topic, ack.seq, bool(ack.duplicate)) for r, ack in zip(readings, acks, strict=True)]
+            return [Stored(topic, ack.seq, bool(ack.duplicate)) for (topic, _), ack in zip(encoded, acks, strict=True)]
         if failure is None:
             failure = self._first_error(futures) or self._timed_out(len(readings) - len(acks))
         raise self._unavailable(failure, readings=readings, sent=len(futures), acked=len(acks))
 
     async def _send(
         self,
-        nc: NATS,
         js: PublishContext,
         readings: Sequence[Reading],
+        encoded: list[tuple[str, bytes]],
         futures: list[asyncio.Future[PubAck]],
         deadline: float,
     ) -> str | None:
@@ -124,30 +124,21 @@ class Publisher:
 
         ``futures`` is the caller's, so that it can clean up whatever was sent before a failure.
         """
-        received_at = datetime.now(UTC)
-        stream = self._settings.stream_name
+        subjects = self._subjects
         try:
-            # The timeout bounds the one wait publish_async may do: for a slot under nats-py's in-flight limit.
-            # (With ``wait_stall`` instead, Python 3.11 would create a task per reading.)
+            # The timeout bounds the one wait a publish may do: for one of the max_in_flight slots.
             async with asyncio.timeout_at(deadline) as window:
-                for reading in readings:
-                    if not nc.is_connected:
-                        return "lost the connection to NATS while publishing"
-                    futures.append(
-                        await js.publish_async(
-                            self._subjects.for_topic(reading.topic),
-                            stored_payload(reading, received_at),
-                            stream=stream,
-                            headers=None if reading.id is None else {MSG_ID: reading.id},
-                        )
-                    )
+                for reading, (topic, payload) in zip(readings, encoded, strict=True):
+                    futures.append(await js.publish_reading(subjects.for_topic(topic), payload, reading.id))
         except TimeoutError:
+            if js.slots_full():
+                return (
+                    f"too many readings waiting for JetStream's acknowledgement in this process (max_in_flight "
+                    f"{self._settings.max_in_flight}, no room within {self._settings.publish_timeout_s:g} s)"
+                )
             return self._timed_out(len(readings) - len(futures))
-        except nats.js.errors.TooManyStalledMsgsError:
-            return (
-                "too many readings waiting for JetStream's acknowledgement in this process "
-                f"(no room within {self._settings.publish_timeout_s:g} s)"
-            )
+        except nats.errors.ConnectionReconnectingError:
+            return "lost the connection to NATS while publishing"
         except nats.errors.Error as err:
             return f"NATS refused the publish: {err}"
         if window.expired():  # nats-py swallows a cancellation inside a forced flush

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from core.readings import Reading, control_frame, event_frame, stored_payload
+from core.readings import Reading, control_frame, event_frame, stored_payload, stored_payloads
 
 RECEIVED = datetime(2026, 11, 27, 7, 0, 0, tzinfo=UTC)
 
@@ -88,3 +88,31 @@ def test_foreign_payloads_make_no_event(payload: bytes) -> None:
 
 def test_control_frames_have_no_id() -> None:
     assert control_frame("end", {"reason": "max_events"}) == b'event: end\ndata: {"reason":"max_events"}\n\n'
+
+
+@pytest.mark.parametrize(
+    ("ts", "expected"),
+    [
+        ("0999-12-31T23:59:59.999999Z", "0999-12-31T23:59:59.999999Z"),  # RFC 3339 years have four digits
+        ("1000-01-01T00:30:00+01:00", "0999-12-31T23:30:00.000000Z"),
+        ("9999-12-31T23:59:59.999999-00:00", "9999-12-31T23:59:59.999999Z"),
+    ],
+)
+def test_timestamps_stay_rfc3339_at_the_edges(ts: str, expected: str) -> None:
+    reading = Reading(device="d", metric="m", value=1, ts=ts)
+    assert json.loads(stored_payload(reading, RECEIVED))["ts"] == expected
+
+
+def test_a_ts_that_overflows_in_utc_is_a_validation_error() -> None:
+    with pytest.raises(ValidationError, match="out of range"):
+        Reading(device="d", metric="m", value=1, ts="0001-01-01T00:00:00+01:00")
+
+
+def test_a_batch_is_encoded_like_single_readings_with_one_receive_time() -> None:
+    readings = [
+        Reading(device="d", metric="m", value=0.1, tags={"k": '"quoted" \\ \u2028 \U0001f600 \x00'}),
+        Reading(device="boiler-7", metric="t", value=71.5, site="plant1", unit="C", id="b-1", ts=0),
+    ]
+    encoded = stored_payloads(readings, RECEIVED)
+    assert encoded == [(r.topic, stored_payload(r, RECEIVED)) for r in readings]
+    assert json.loads(encoded[0][1])["tags"] == {"k": '"quoted" \\ \u2028 \U0001f600 \x00'}

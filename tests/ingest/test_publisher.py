@@ -141,25 +141,52 @@ async def test_unacknowledged_publish_times_out_cleans_up_and_its_retry_is_a_dup
     assert [r["duplicate"] for r in retry.json()["results"]] == [True, True, True]
 
 
-async def test_more_readings_in_flight_than_the_client_allows_is_503(
+async def test_more_readings_in_flight_than_max_in_flight_is_503(
     make_settings: Callable[..., Settings], serve: Serve, client: httpx.AsyncClient, own_nats: Any
 ) -> None:
-    # nats-py lets 4000 publishes wait for their acknowledgement; the 4001st waits for a free slot.
-    settings = make_settings(nats_urls=[own_nats.url], publish_timeout_s=0.3, max_batch=4001)
+    # Five readings may wait for their acknowledgement; the sixth waits for a free slot, and none comes.
+    settings = make_settings(nats_urls=[own_nats.url], publish_timeout_s=0.3, max_in_flight=5)
     app = create_app(settings)
     async with serve(app) as url:
         own_nats.pause()
         try:
-            response = await client.post(f"{url}/v1/readings", json=batch(4001))
+            response = await client.post(f"{url}/v1/readings", json=batch(6))
             assert publisher_of(app).in_flight() == 0
         finally:
             own_nats.resume()
         after = await client.post(f"{url}/v1/readings", json=batch(1, prefix="after"))
 
     message = unavailable(response, settings)
-    assert "too many readings waiting" in message
-    assert "0 of 4001 readings were acknowledged" in message
+    assert "too many readings waiting" in message and "max_in_flight 5" in message
+    assert "0 of 6 readings were acknowledged" in message
     assert after.status_code == 202, after.text
+
+
+async def test_in_flight_stays_within_max_in_flight_and_batches_larger_than_it_pass(
+    make_settings: Callable[..., Settings], serve: Serve, client: httpx.AsyncClient, js: JetStreamContext
+) -> None:
+    settings = make_settings(max_in_flight=7)
+    app = create_app(settings)
+    highest = 0
+
+    async def watch() -> None:
+        nonlocal highest
+        while True:
+            highest = max(highest, publisher_of(app).in_flight())
+            await asyncio.sleep(0)
+
+    async with serve(app) as url:
+        watcher = asyncio.create_task(watch())
+        try:
+            answers = await asyncio.gather(
+                *(client.post(f"{url}/v1/readings", json=batch(40, prefix=f"c{n}")) for n in range(4))
+            )
+        finally:
+            watcher.cancel()
+
+    assert [a.status_code for a in answers] == [202] * 4  # a request frees its own slots as acknowledgements come
+    assert 0 < highest <= 7
+    assert (await js.stream_info(settings.stream_name)).state.messages == 160
 
 
 async def test_lost_connection_fails_fast_and_buffers_nothing(

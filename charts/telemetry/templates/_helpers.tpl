@@ -191,6 +191,11 @@ Integers go through int64: Helm reads numbers as floats and would print 10737418
   "TELEMETRY_MAX_BODY_BYTES" (toString (int64 $t.ingest.maxBodyBytes))
   "TELEMETRY_MAX_BATCH" (toString (int64 $t.ingest.maxBatch))
   "TELEMETRY_PUBLISH_TIMEOUT_S" (toString $t.ingest.publishTimeoutS)
+  "TELEMETRY_MAX_INFLATED_BYTES" (toString (int64 $t.ingest.maxInflatedBytes))
+  "TELEMETRY_MAX_IN_FLIGHT" (toString (int64 $t.ingest.maxInFlight))
+  "TELEMETRY_INGEST_RATE_PER_DEVICE_PER_S" (toString $t.ingest.ratePerDevicePerS)
+  "TELEMETRY_INGEST_BURST_PER_DEVICE" (toString (int64 $t.ingest.burstPerDevice))
+  "TELEMETRY_INGEST_RATE_MAX_DEVICES" (toString (int64 $t.ingest.rateMaxDevices))
   "TELEMETRY_SHUTDOWN_GRACE_S" (toString $t.shutdownGraceS)
   "TELEMETRY_RETRY_AFTER_S" (toString (int64 $t.retryAfterS))
   "TELEMETRY_KEEPALIVE_S" (toString $t.sse.keepaliveS)
@@ -258,6 +263,10 @@ once, from the ConfigMap every installation has.
 {{- $t := .Values.telemetry.stream -}}
 {{- if and (gt (float64 $t.maxAgeS) 0.0) (gt (float64 $t.duplicateWindowS) (float64 $t.maxAgeS)) -}}
 {{- fail (printf "telemetry.stream.duplicateWindowS (%v) must not exceed telemetry.stream.maxAgeS (%v): JetStream rejects such a stream" $t.duplicateWindowS $t.maxAgeS) -}}
+{{- end -}}
+{{- $i := .Values.telemetry.ingest -}}
+{{- if and (gt (float64 $i.ratePerDevicePerS) 0.0) (lt (int64 $i.burstPerDevice) (int64 $i.maxBatch)) -}}
+{{- fail (printf "telemetry.ingest.burstPerDevice (%v) must be at least telemetry.ingest.maxBatch (%v): a full batch from one device would never pass" $i.burstPerDevice $i.maxBatch) -}}
 {{- end -}}
 {{- range $component := list "ingest" "stream" -}}
 {{- $values := index $.Values $component -}}

@@ -1,0 +1,348 @@
+"""``python -m bench.ingest [--quick]``: acknowledged readings per ingest CPU second, against a bare nats-py ceiling.
+
+BENCHMARKS.md, section 5. One run starts a nats-server, the ingest service (``python -m telemetry ingest``,
+as in production) and, for each workload, a bare nats-py loop that publishes the same stored payloads
+with the same headers to the same JetStream stream with the same number in flight (the ceiling). The
+ingest and the ceiling are pinned to one CPU with ``taskset``, this process (the load generator) and
+nats-server to the other(s). The figure is readings acknowledged per CPU second of the measured
+process alone, from ``/proc/PID/stat``, over a window that starts after a warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import itertools
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import nats
+import uvloop
+from nats.js.api import PubAck
+
+from core.readings import Reading, stored_payload
+from telemetry.natsserver import LocalNatsServer
+
+CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+STREAM, PREFIX = "BENCH_INGEST", "bench"
+TARGET = 0.5  # batched ingest >= 50 % of the ceiling
+DEVICES = 10_000  # spread so that the per-device rate limit (on, at its default) never refuses a reading
+READING = (
+    '{"site":"plant1","device":"dev-%05d","metric":"temperature","value":21.53,"ts":"2026-11-27T07:00:00.000Z",'
+    '"unit":"C","tags":{"room":"east","line":"3"},"id":"%s-%09d"}'
+)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Clients posting ``batch`` readings per request; the ceiling keeps ``clients * batch`` in flight."""
+
+    name: str
+    clients: int
+    batch: int
+
+
+WORKLOADS = (Workload("single readings, 32 clients", 32, 1), Workload("batches of 100, 8 clients", 8, 100))
+
+
+@dataclass(frozen=True)
+class Measure:
+    """Readings acknowledged and CPU seconds of the measured process over one window."""
+
+    readings: int
+    cpu_s: float
+    wall_s: float
+
+    @property
+    def per_cpu_s(self) -> float:
+        return self.readings / self.cpu_s if self.cpu_s > 0 else float("nan")
+
+
+def cpu_s(pid: int | str = "self") -> float:
+    """User + system CPU seconds of a process (all its threads), from ``/proc/PID/stat``."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS_PER_S
+
+
+def die_with_parent() -> None:
+    """In the child before exec: SIGTERM it when this runner dies, however it dies."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Move every thread of a running process (nats-server has many) to ``cpus``."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(ProcessLookupError, FileNotFoundError):
+            os.sched_setaffinity(int(task.name), cpus)
+
+
+def log(text: str) -> None:
+    print(f"[bench.ingest {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The ceiling: a bare nats-py loop, run as a child process pinned to the ingest's CPU
+
+
+async def ceiling(nats_url: str, in_flight: int, warmup_s: float, duration_s: float, tag: str) -> Measure:
+    """Publish stored payloads with ``in_flight`` unacknowledged at most, as the ingest does; measure a window."""
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream(publish_async_max_pending=in_flight)
+    # The payload the ingest stores for the readings the load generator posts, built as cheaply as possible.
+    stored = stored_payload(Reading.model_validate_json(READING % (0, tag, 0)), datetime.now(UTC))
+    template = stored.replace(b"dev-00000", b"dev-%05d").replace(b"%s-000000000" % tag.encode(), b"%s-%09d")
+    assert template.count(b"%") == 4, template
+    acked = 0
+
+    def count(future: asyncio.Future[PubAck]) -> None:
+        nonlocal acked
+        if not future.cancelled() and future.exception() is None:
+            acked += 1
+
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    marks: list[tuple[int, float, float]] = []
+    sequence = 0
+    while len(marks) < 2:
+        now = loop.time()
+        if now - start >= warmup_s + (duration_s if marks else 0.0):
+            marks.append((acked, cpu_s(), now))
+        for _ in range(100):
+            sequence += 1
+            device = sequence % DEVICES
+            future = await js.publish_async(
+                f"{PREFIX}.plant1.dev-{device:05d}.temperature",
+                template % (device, device, tag.encode(), sequence),
+                stream=STREAM,
+                headers={"Nats-Msg-Id": f"{tag}-{sequence:09d}"},
+            )
+            future.add_done_callback(count)
+    await js.publish_async_completed()
+    await nc.close()
+    (acked0, cpu0, wall0), (acked1, cpu1, wall1) = marks
+    return Measure(acked1 - acked0, cpu1 - cpu0, wall1 - wall0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The load generator: keep-alive HTTP/1.1 on raw sockets, cheaper per request than any client library
+
+
+class Poster:
+    """One client: posts bodies on one keep-alive connection, one request at a time, counting what is acknowledged."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.head = b"POST /v1/readings HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        self.acked = 0
+        self.refused: dict[int, int] = {}
+
+    async def run(self, bodies: Iterator[tuple[bytes, int]], stop: asyncio.Event) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        try:
+            for body, count in bodies:
+                if stop.is_set():
+                    return
+                writer.write(b"%sContent-Length: %d\r\n\r\n%s" % (self.head, len(body), body))
+                status = int((await reader.readline()).split(b" ", 2)[1])
+                length = 0
+                while (line := await reader.readline()) != b"\r\n":
+                    if line[:15].lower() == b"content-length:":
+                        length = int(line[15:])
+                answer = await reader.readexactly(length)
+                if status == 202 and b'"duplicate":true' not in answer:
+                    self.acked += count
+                else:
+                    self.refused[status] = self.refused.get(status, 0) + 1
+        finally:
+            writer.close()
+
+
+def bodies(workload: Workload, client: int, tag: str) -> Iterator[tuple[bytes, int]]:
+    """The request bodies of one client, made as they are sent: realistic readings with ids unique over the run."""
+    for request in itertools.count():
+        first = (request * workload.clients + client) * workload.batch
+        items = [READING % (n % DEVICES, tag, n) for n in range(first, first + workload.batch)]
+        body = items[0] if workload.batch == 1 else "[" + ",".join(items) + "]"
+        yield body.encode(), workload.batch
+
+
+async def drive(port: int, pid: int, workload: Workload, warmup_s: float, duration_s: float, tag: str) -> Measure:
+    """Run the workload against the ingest service; measure the ingest process over the window after warm-up."""
+    posters = [Poster(port) for _ in range(workload.clients)]
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(p.run(bodies(workload, n, tag), stop)) for n, p in enumerate(posters)]
+    await asyncio.sleep(warmup_s)  # the warm-up is a span of time, not an event to wait for
+    acked0, cpu0, wall0 = sum(p.acked for p in posters), cpu_s(pid), time.monotonic()
+    await asyncio.sleep(duration_s)
+    acked1, cpu1, wall1 = sum(p.acked for p in posters), cpu_s(pid), time.monotonic()
+    stop.set()
+    await asyncio.gather(*tasks)
+    refused = sum((Counter(p.refused) for p in posters), Counter[int]())
+    if refused:
+        raise RuntimeError(f"{workload.name}: answers other than a clean 202: {dict(refused)}")
+    return Measure(acked1 - acked0, cpu1 - cpu0, wall1 - wall0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The run
+
+
+def child(argv: list[str], cpu: int, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    with log_path.open("ab") as output:
+        return subprocess.Popen(
+            ["taskset", "-c", str(cpu), *argv],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **env},
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+        )
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def wait_ready(port: int, process: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
+    """Poll /readyz (a subprocess offers nothing to await)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the ingest service exited with code {process.returncode}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1.0).status_code == 200:
+                return
+        time.sleep(0.05)
+    raise RuntimeError("the ingest service did not become ready")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def run_ceiling(nats_url: str, in_flight: int, warmup_s: float, duration_s: float, cpu: int, work: Path) -> Measure:
+    """The bare loop as a child pinned to ``cpu``; it reports its own window as JSON."""
+    tag = f"c{in_flight}-{time.time_ns()}"
+    argv = [sys.executable, "-m", "bench.ingest", "--ceiling", nats_url, str(in_flight), str(warmup_s), str(duration_s)]
+    process = child([*argv, tag], cpu, {}, work / "ceiling.log")
+    try:
+        process.wait(warmup_s + duration_s + 60)
+    finally:
+        stop(process)
+    lines = (work / "ceiling.log").read_text().strip().splitlines()
+    if process.returncode != 0 or not lines:
+        raise RuntimeError(f"the ceiling loop failed: {lines[-5:]}")
+    return Measure(**json.loads(lines[-1]))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.ingest", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short windows (under a minute in all)")
+    parser.add_argument("--ceiling", nargs=5, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.ceiling:
+        url, in_flight, warmup_s, duration_s, tag = args.ceiling
+        measure = uvloop.run(ceiling(url, int(in_flight), float(warmup_s), float(duration_s), tag))
+        print(json.dumps(measure.__dict__), flush=True)
+        return 0
+
+    warmup_s, duration_s = (0.5, 2.0) if args.quick else (3.0, 15.0)
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise SystemExit("bench.ingest needs two CPUs: one for the measured process, one for the load")
+    server_cpu, load_cpu, nats_cpus = cpus[0], cpus[1], set(cpus[2:]) or {cpus[1]}
+    os.sched_setaffinity(0, {load_cpu})
+    rows: list[tuple[Workload, Measure, Measure]] = []
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
+        work = Path(tmp)
+        server = LocalNatsServer(
+            port=free_port(), monitor_port=free_port(), store_dir=work / "nats", start_new_session=True
+        )
+        server.start()
+        ingest: subprocess.Popen[bytes] | None = None
+        try:
+            assert server.process is not None
+            pin(server.process.pid, nats_cpus)
+            port = free_port()
+            env = {
+                "TELEMETRY_NATS_URLS": server.url,
+                "TELEMETRY_STREAM_NAME": STREAM,
+                "TELEMETRY_SUBJECT_PREFIX": PREFIX,
+                "TELEMETRY_INGEST_PORT": str(port),
+                "TELEMETRY_LOG_LEVEL": "warning",
+                "TELEMETRY_LOG_FORMAT": "json",
+            }
+            ingest = child([sys.executable, "-m", "telemetry", "ingest"], server_cpu, env, work / "ingest.log")
+            wait_ready(port, ingest)
+            for workload in WORKLOADS:
+                in_flight = workload.clients * workload.batch
+                log(f"ceiling, {in_flight} in flight")
+                reference = run_ceiling(server.url, in_flight, warmup_s, duration_s, server_cpu, work)
+                log(f"ingest, {workload.name}")
+                tag = f"w{workload.batch}-{time.time_ns()}"
+                measure = uvloop.run(drive(port, ingest.pid, workload, warmup_s, duration_s, tag))
+                rows.append((workload, measure, reference))
+        finally:
+            if ingest is not None:
+                stop(ingest)
+            server.stop()
+    print(table(rows, args.quick))
+    return 0
+
+
+def table(rows: list[tuple[Workload, Measure, Measure]], quick: bool) -> str:
+    """workload, figure, reference, ratio, target; then how the figures were taken."""
+    lines = [("workload", "figure (acked readings / ingest CPU s)", "reference (bare nats-py loop)", "ratio", "target")]
+    for workload, measure, reference in rows:
+        ratio = measure.per_cpu_s / reference.per_cpu_s
+        target = f">= {TARGET:.0%} {'PASS' if ratio >= TARGET else 'FAIL'}" if workload.batch > 1 else "(report)"
+        lines.append(
+            (
+                workload.name,
+                f"{measure.per_cpu_s:,.0f}",
+                f"{reference.per_cpu_s:,.0f} ({workload.clients * workload.batch} in flight)",
+                f"{ratio:.0%}",
+                target,
+            )
+        )
+    widths = [max(len(line[column]) for line in lines) for column in range(5)]
+    text = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip() for line in lines]
+    text.insert(1, "  ".join("-" * width for width in widths))
+    text.append("")
+    for workload, measure, reference in rows:
+        text.append(
+            f"* {workload.name}: ingest {measure.readings / measure.wall_s:,.0f} readings/s at "
+            f"{measure.cpu_s / measure.wall_s:.0%} of its CPU; ceiling {reference.readings / reference.wall_s:,.0f}/s "
+            f"at {reference.cpu_s / reference.wall_s:.0%}"
+        )
+    text.append(f"* windows of {'2' if quick else '15'} s after a warm-up; CPU from /proc/PID/stat; one CPU each side")
+    return "\n".join(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""From a request body to validated readings, or an error that names every bad item.
+
+The whole request is checked before anything is published, in order of cost: media type and coding,
+size, UTF-8, JSON syntax, shape, batch length, then every reading at once. A JSON body (an object or an
+array) is parsed whole; an NDJSON body is parsed line by line as it arrives, so only the parsed readings
+are kept, and reading stops at the first line past ``max_batch``.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import aclosing
+from typing import Any
+
+from fastapi import Request
+from pydantic import TypeAdapter, ValidationError
+
+from core.errors import ApiError, location
+from core.readings import Reading
+from core.settings import Settings
+from ingest.body import BodyFormat, body_chunks, check_content_type, read_body
+
+MAX_ERROR_DETAILS = 100
+
+READINGS: TypeAdapter[list[Reading]] = TypeAdapter(list[Reading])
+
+
+class MalformedJson(ApiError):
+    """The body is not UTF-8 JSON (or NDJSON); the message says where the parser stopped."""
+
+    code = "malformed_json"
+
+
+class InvalidReadings(ApiError):
+    """At least one reading is invalid (or the body is no reading at all); nothing was published."""
+
+    status = 422
+    code = "invalid_readings"
+
+
+class BatchTooLarge(ApiError):
+    """More readings in one request than ``max_batch``.
+
+    422 rather than 413: the body was within the byte limit and parsed fine; it is its content that is refused.
+    """
+
+    status = 422
+    code = "batch_too_large"
+
+
+async def read_readings(request: Request, settings: Settings) -> list[Reading]:
+    """Every check on a request, in order of cost, before anything is published."""
+    body_format = check_content_type(request.headers.get("content-type"))
+    if body_format is BodyFormat.NDJSON:
+        lines = NdjsonLines(settings.max_batch)
+        async with aclosing(body_chunks(request, settings)) as chunks:
+            async for chunk in chunks:
+                lines.feed(chunk)
+        return lines.readings()
+    return parse_readings(await read_body(request, settings), settings.max_batch)
+
+
+def parse_readings(body: bytes, max_batch: int) -> list[Reading]:
+    """Validated readings from one object or a non-empty array of at most ``max_batch`` objects."""
+    document = _loads(body, where="")
+    if isinstance(document, dict):
+        return _validate([document], single=True)
+    if not isinstance(document, list):
+        raise InvalidReadings(
+            f"the body must be a reading (a JSON object) or a batch (a JSON array), not {_json_kind(document)}"
+        )
+    if not document:
+        raise InvalidReadings("the batch is empty; send at least one reading")
+    if len(document) > max_batch:
+        raise BatchTooLarge(f"a batch holds at most {max_batch} readings; this one has {len(document)}")
+    return _validate(document, single=False)
+
+
+class NdjsonLines:
+    """Newline-delimited JSON, one reading per line, fed in chunks as they arrive; blank lines are skipped."""
+
+    def __init__(self, max_batch: int) -> None:
+        self._max_batch = max_batch
+        self._pending = bytearray()
+        self._line = 0
+        self._items: list[Any] = []
+        self._lines: list[int] = []
+
+    def feed(self, chunk: bytes) -> None:
+        """Parse every complete line of the chunk; keep the unfinished end for the next one."""
+        pending = self._pending
+        start = len(pending)
+        pending += chunk
+        end = pending.find(b"\n", start)
+        start = 0
+        while end >= 0:
+            self._add(pending[start:end])
+            start = end + 1
+            end = pending.find(b"\n", start)
+        del pending[:start]
+
+    def readings(self) -> list[Reading]:
+        """The body's readings, validated at once, after its last line."""
+        self._add(self._pending)
+        self._pending = bytearray()
+        if not self._items:
+            raise InvalidReadings("the body holds no reading; send one JSON object per line")
+        return _validate(self._items, single=False, lines=self._lines)
+
+    def _add(self, line: bytes | bytearray) -> None:
+        self._line += 1
+        if not line.strip():
+            return
+        if len(self._items) == self._max_batch:
+            raise BatchTooLarge(f"a batch holds at most {self._max_batch} readings; this one has more")
+        self._items.append(_loads(line, where=f"line {self._line}: "))
+        self._lines.append(self._line)
+
+
+def _loads(body: bytes | bytearray, *, where: str) -> Any:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise MalformedJson(f"{where}the body is not UTF-8: invalid byte at position {err.start}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        position = f"line {err.lineno} column {err.colno} (char {err.pos})" if not where else f"column {err.colno}"
+        raise MalformedJson(f"{where}malformed JSON: {err.msg} at {position}") from None
+    except ValueError as err:  # valid syntax the parser still refuses, e.g. an integer of more than 4300 digits
+        raise MalformedJson(f"{where}unreadable JSON: {str(err).partition(';')[0]}") from None
+    except RecursionError:
+        raise MalformedJson(f"{where}JSON nested too deeply to parse (a reading nests at most three levels)") from None
+
+
+def _validate(items: list[Any], *, single: bool, lines: list[int] | None = None) -> list[Reading]:
+    try:
+        return READINGS.validate_python(items)
+    except ValidationError as err:
+        raise _invalid(err, count=len(items), single=single, lines=lines) from None
+
+
+def _invalid(err: ValidationError, *, count: int, single: bool, lines: list[int] | None) -> InvalidReadings:
+    """One detail per error: ``index`` (None for a single object), ``field`` (None for the whole item), and
+    for NDJSON the ``line``."""
+    errors = err.errors(include_url=False, include_input=False, include_context=False)
+    details: list[dict[str, Any]] = []
+    for error in errors[:MAX_ERROR_DETAILS]:
+        index, *field = error["loc"]
+        detail: dict[str, Any] = {
+            "index": None if single else index,
+            "field": location(tuple(field)) if field else None,
+            "message": error["msg"],
+        }
+        if lines is not None:
+            detail["line"] = lines[int(index)]
+        details.append(detail)
+    first = details[0]
+    if single:
+        where = "the reading is invalid"
+    else:
+        bad_items = len({error["loc"][0] for error in errors})
+        at = f"line {first['line']}" if lines is not None else f"index {first['index']}"
+        where = f"{bad_items} of {count} readings are invalid (first at {at})"
+    message = f"{where}, nothing was stored: {first['field'] or 'the reading'}: {first['message']}"
+    if len(errors) > MAX_ERROR_DETAILS:
+        message += f" ({len(errors)} errors; the first {MAX_ERROR_DETAILS} are listed)"
+    return InvalidReadings(message, field=first["field"], details=details)
+
+
+def _json_kind(document: Any) -> str:
+    if document is None:
+        return "null"
+    if isinstance(document, bool):
+        return "a boolean"
+    if isinstance(document, str):
+        return "a string"
+    return "a number"

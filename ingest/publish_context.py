@@ -1,0 +1,116 @@
+"""The JetStream context the ingest publishes with: nats-py 2.16's, with a bug worked around and a leaner publish.
+
+``publish_async`` does, for every message, work a reading does not need: a ``wait_for`` around the
+in-flight slot, a 22-character NUID made in a Python loop plus ``os.urandom`` for the reply token, a
+headers dict that ``Client.publish`` re-checks with regular expressions and encodes key by key, and a
+second validation of subject and reply. Measured on the ingest (BENCHMARKS.md, section 5) that was
+about a tenth of the CPU per reading. ``publish_reading`` sends the same message with the same
+bookkeeping (in-flight slot, future, reply subscription, statistics, flusher) and encodes the
+headers from pre-encoded parts; it relies on nats-py internals, which is why nats-py is pinned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from functools import partial
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import Header, PubAck
+
+NUID_AND_DOT_CHARS = 22 + 2  # how nats-py cuts a publish token out of its reply subject
+HEADER_LINE = b"NATS/1.0\r\n"
+MSG_ID = Header.MSG_ID.value.encode()
+MSG_ID_VALUE = re.compile(r"[\x21-\x7e]{1,128}")  # a reading id (core.readings): safe as a header value
+
+
+class PublishContext(JetStreamContext):
+    """A JetStream context with ``publish_reading``, and whose publish futures also fail on a JetStream API error.
+
+    nats-py 2.16's reply handler *raises* the APIError (``APIError.from_error`` raises) instead of
+    setting it on the future: the error goes to the connection's error callback and the future stays
+    pending until our timeout, so a full or mismatched stream would look like a slow one and hold its
+    in-flight slots for ``publish_timeout_s``. ``_handle_async_reply`` hands the error to its future.
+    """
+
+    def __init__(self, nc: NATS, *, timeout_s: float, max_in_flight: int, stream: str) -> None:
+        super().__init__(nc, timeout=timeout_s, publish_async_max_pending=max_in_flight)
+        # The headers publish_async would write for {"Nats-Msg-Id": id} and stream=, in the same order.
+        self._stream_header = b"%s: %s\r\n\r\n" % (Header.EXPECTED_STREAM.value.encode(), stream.encode())
+        self._reply_prefix = b""
+        self._tokens = 0
+
+    async def _handle_async_reply(self, msg: Msg) -> None:
+        try:
+            await super()._handle_async_reply(msg)
+        except nats.js.errors.APIError as err:
+            future = self._publish_async_futures.get(msg.subject[len(self._nc._inbox_prefix) + NUID_AND_DOT_CHARS :])
+            if future is not None and not future.done():
+                future.set_exception(err)
+
+    def slots_full(self) -> bool:
+        """Whether every in-flight slot is taken (a publish now would wait for an acknowledgement)."""
+        return self._publish_async_pending_semaphore.locked()
+
+    async def publish_reading(self, subject: str, payload: bytes, msg_id: str | None) -> asyncio.Future[PubAck]:
+        """``publish_async(subject, payload, stream=<stream>, headers={"Nats-Msg-Id": msg_id})``, leaner.
+
+        Waits for an in-flight slot like publish_async, but a wait that is cancelled stays a cancellation;
+        refuses to send (instead of buffering for after a reconnect) when the connection is not up then.
+        """
+        nc = self._nc
+        if msg_id is not None and not MSG_ID_VALUE.fullmatch(msg_id):
+            raise nats.errors.BadHeaderError(msg_id)
+        if len(payload) > nc.max_payload:
+            raise nats.errors.MaxPayloadError
+        if not self._reply_prefix:
+            if not self._async_reply_prefix:
+                await self._init_async_reply()  # the reply subscription, shared with publish_async
+            assert self._async_reply_prefix is not None
+            self._reply_prefix = bytes(self._async_reply_prefix)
+        await self._publish_async_pending_semaphore.acquire()
+        if not nc.is_connected or nc.is_draining_pubs:
+            self._publish_async_pending_semaphore.release()
+            raise nats.errors.ConnectionReconnectingError
+
+        # Unique among this context's pending publishes, which is all a reply token has to be.
+        self._tokens += 1
+        token = f"{self._tokens:x}"
+        future: asyncio.Future[PubAck] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(partial(self._settled, token))
+        self._publish_async_futures[token] = future
+        if self._publish_async_completed_event.is_set():
+            self._publish_async_completed_event.clear()
+
+        headers = self._headers(msg_id)
+        command = b"HPUB %s %s%s %d %d\r\n%s%s\r\n" % (
+            subject.encode(),
+            self._reply_prefix,
+            token.encode(),
+            len(headers),
+            len(headers) + len(payload),
+            headers,
+            payload,
+        )
+        nc.stats["out_msgs"] += 1
+        nc.stats["out_bytes"] += len(payload)
+        await nc._send_command(command)
+        if nc._flush_queue is not None and nc._flush_queue.empty():
+            await nc._flush_pending()
+        return future
+
+    def _headers(self, msg_id: str | None) -> bytes:
+        if msg_id is None:
+            return HEADER_LINE + self._stream_header
+        return b"%s%s: %s\r\n%s" % (HEADER_LINE, MSG_ID, msg_id.encode(), self._stream_header)
+
+    def _settled(self, token: str, future: asyncio.Future[PubAck]) -> None:
+        # publish_async's own done callback: forget the token, free the slot.
+        self._publish_async_futures.pop(token, None)
+        if not self._publish_async_futures:
+            self._publish_async_completed_event.set()
+        self._publish_async_pending_semaphore.release()

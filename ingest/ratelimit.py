@@ -1,0 +1,127 @@
+"""A token bucket per device, so that one chatty or broken device cannot take the ingest's capacity.
+
+A device is ``site.device`` (the same device name at two sites is two devices). Its bucket holds up to
+``burst`` tokens and fills at ``rate`` tokens per second; a reading takes one. A request is all or
+nothing: if any device of a batch lacks tokens, the whole request is refused with a 429 naming every
+such device, no token is taken from any device, and nothing is stored. That keeps a device's retry of
+the same batch simple (resend all of it after ``Retry-After``) and keeps batches whole.
+
+Memory stays bounded: buckets are kept in least-recently-used order; a bucket idle long enough to be
+full again is dropped (it is the same as a new one), and beyond ``max_devices`` the least recently seen
+device is forgotten (it starts again with a full bucket, which only ever errs towards letting it send).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from core.errors import ApiError
+from core.readings import Reading
+
+MAX_NAMED_DEVICES = 100
+
+
+class RateLimited(ApiError):
+    """One or more devices of the request sent more than their rate allows; nothing was stored."""
+
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_s: int, details: list[dict[str, object]]) -> None:
+        super().__init__(message, field="device", details=details, headers={"Retry-After": str(retry_after_s)})
+
+
+@dataclass(slots=True)
+class Bucket:
+    """Tokens left, as of ``stamp`` (a monotonic time)."""
+
+    tokens: float
+    stamp: float
+
+
+def device_counts(readings: Sequence[Reading]) -> Counter[str]:
+    """How many readings each device (``site.device``) has in a request."""
+    return Counter(f"{reading.site}.{reading.device}" for reading in readings)
+
+
+class DeviceRateLimiter:
+    """Token buckets per device, bounded in number; ``take`` either takes every token a request needs or none."""
+
+    def __init__(
+        self, rate_per_s: float, burst: int, max_devices: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._rate = rate_per_s
+        self._burst = float(burst)
+        self._max_devices = max_devices
+        self._clock = clock
+        self._refill_s = burst / rate_per_s  # an untouched bucket is full again after this long
+        self._buckets: OrderedDict[str, Bucket] = OrderedDict()
+
+    def __len__(self) -> int:
+        """Devices tracked now."""
+        return len(self._buckets)
+
+    def take(self, counts: Mapping[str, int]) -> None:
+        """Take ``counts[device]`` tokens from each device, or raise RateLimited and take none."""
+        now = self._clock()
+        self._forget_idle(now)
+        wanted: list[tuple[Bucket, int]] = []
+        short: list[tuple[str, float]] = []
+        for device, count in counts.items():
+            bucket = self._refilled(device, now)
+            if bucket.tokens < count:
+                short.append((device, (count - bucket.tokens) / self._rate))
+            wanted.append((bucket, count))
+        self._forget_least_recent()
+        if short:
+            raise self._refusal(short, len(counts))
+        for bucket, count in wanted:
+            bucket.tokens -= count
+
+    def give_back(self, counts: Mapping[str, int]) -> None:
+        """Return the tokens of a request that was not stored (a 503), so that its retry is not refused for them."""
+        for device, count in counts.items():
+            bucket = self._buckets.get(device)
+            if bucket is not None:
+                bucket.tokens = min(self._burst, bucket.tokens + count)
+
+    def _refilled(self, device: str, now: float) -> Bucket:
+        bucket = self._buckets.get(device)
+        if bucket is None:
+            bucket = self._buckets[device] = Bucket(self._burst, now)
+            return bucket
+        bucket.tokens = min(self._burst, bucket.tokens + (now - bucket.stamp) * self._rate)
+        bucket.stamp = now
+        self._buckets.move_to_end(device)
+        return bucket
+
+    def _forget_idle(self, now: float) -> None:
+        # Least recently used first: stop at the first bucket that may not be full yet.
+        buckets = self._buckets
+        while buckets:
+            oldest = next(iter(buckets.values()))
+            if now - oldest.stamp < self._refill_s:
+                return
+            buckets.popitem(last=False)
+
+    def _forget_least_recent(self) -> None:
+        while len(self._buckets) > self._max_devices:
+            self._buckets.popitem(last=False)
+
+    def _refusal(self, short: list[tuple[str, float]], devices: int) -> RateLimited:
+        waits_s = {device: max(1, math.ceil(wait_s)) for device, wait_s in short}
+        retry_after_s = max(waits_s.values())
+        named = ", ".join(list(waits_s)[:3]) + (f" and {len(waits_s) - 3} more" if len(waits_s) > 3 else "")
+        message = (
+            f"{len(waits_s)} of {devices} devices sent more than {self._rate:g} readings/s "
+            f"(bursts up to {self._burst:g}): {named}; nothing was stored, retry the whole request after "
+            f"{retry_after_s} s"
+        )
+        details: list[dict[str, object]] = [
+            {"device": device, "retry_after_s": wait_s} for device, wait_s in list(waits_s.items())[:MAX_NAMED_DEVICES]
+        ]
+        return RateLimited(message, retry_after_s=retry_after_s, details=details)

@@ -1,0 +1,106 @@
+"""From body bytes to readings without a server: JSON and NDJSON give the same readings and the same errors."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from ingest.parse import (
+    MAX_ERROR_DETAILS,
+    BatchTooLarge,
+    InvalidReadings,
+    MalformedJson,
+    NdjsonLines,
+    parse_readings,
+)
+
+
+def reading(n: int, **fields: Any) -> dict[str, Any]:
+    return {"site": "s", "device": f"d{n}", "metric": "m", "value": n, "id": f"id-{n}", **fields}
+
+
+def ndjson(items: list[Any]) -> bytes:
+    return b"".join(json.dumps(item).encode() + b"\n" for item in items)
+
+
+def fed(body: bytes, chunk_bytes: int, max_batch: int = 1000) -> NdjsonLines:
+    lines = NdjsonLines(max_batch)
+    for start in range(0, len(body), chunk_bytes):
+        lines.feed(body[start : start + chunk_bytes])
+    return lines
+
+
+def test_a_single_reading_is_a_list_of_one() -> None:
+    [one] = parse_readings(b'{"device": "d", "metric": "m", "value": 1}', max_batch=1)
+    assert (one.topic, one.value) == ("default.d.m", 1.0)
+
+
+def test_whole_item_errors_have_no_field() -> None:
+    with pytest.raises(InvalidReadings) as invalid:
+        parse_readings(b'[{"device": "d", "metric": "m", "value": 1}, 7]', max_batch=2)
+    assert invalid.value.details == [
+        {"index": 1, "field": None, "message": "Input should be a valid dictionary or instance of Reading"}
+    ]
+
+
+def test_error_details_are_bounded() -> None:
+    bad = {"device": "d", "metric": "m", "value": 1, **{f"extra{n}": n for n in range(MAX_ERROR_DETAILS)}}
+    with pytest.raises(InvalidReadings) as invalid:
+        parse_readings(json.dumps([bad, bad]).encode(), max_batch=2)
+    assert invalid.value.details is not None and len(invalid.value.details) == MAX_ERROR_DETAILS
+    assert f"{2 * MAX_ERROR_DETAILS} errors; the first {MAX_ERROR_DETAILS} are listed" in invalid.value.message
+    assert "2 of 2 readings are invalid" in invalid.value.message
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 7, 64, 100_000])
+def test_ndjson_in_any_chunks_is_the_same_batch_as_a_json_array(chunk_bytes: int) -> None:
+    items = [reading(n, tags={"room": "ü-ß"}) for n in range(20)]  # multi-byte characters split across chunks too
+    from_lines = fed(ndjson(items), chunk_bytes).readings()
+    assert from_lines == parse_readings(json.dumps(items).encode(), max_batch=20)
+
+
+def test_blank_lines_crlf_and_a_missing_last_newline_are_accepted() -> None:
+    body = b'\n{"device": "a", "metric": "m", "value": 1}\r\n\r\n   \n{"device": "b", "metric": "m", "value": 2}'
+    assert [r.device for r in fed(body, 5).readings()] == ["a", "b"]
+
+
+def test_ndjson_errors_name_the_index_and_the_line() -> None:
+    body = b"\n".join([json.dumps(reading(0)).encode(), b"", json.dumps(reading(1, value="hot")).encode(), b"7"])
+    with pytest.raises(InvalidReadings) as invalid:
+        fed(body, 10).readings()
+    assert invalid.value.details == [
+        {"index": 1, "field": "value", "message": "Input should be a valid number", "line": 3},
+        {"index": 2, "field": None, "message": "Input should be a valid dictionary or instance of Reading", "line": 4},
+    ]
+    assert "2 of 3 readings are invalid (first at line 3)" in invalid.value.message
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        (b'{"device": "d",', "line 2: malformed JSON: Expecting property name enclosed in double quotes at column 16"),
+        (b'{"device": "\xff"}', "line 2: the body is not UTF-8"),
+        (b"[" * 100_000, "line 2: JSON nested too deeply"),
+    ],
+)
+def test_a_malformed_line_is_named(line: bytes, message: str) -> None:
+    lines = NdjsonLines(10)
+    with pytest.raises(MalformedJson) as malformed:
+        lines.feed(json.dumps(reading(0)).encode() + b"\n" + line + b"\n")
+    assert malformed.value.status == 400
+    assert malformed.value.message.startswith(message)
+
+
+def test_ndjson_stops_at_the_first_line_past_max_batch() -> None:
+    lines = NdjsonLines(max_batch=3)
+    lines.feed(ndjson([reading(n) for n in range(3)]))
+    with pytest.raises(BatchTooLarge, match="at most 3 readings"):
+        lines.feed(ndjson([reading(3)]))  # refused at once: the rest of the body is never read
+
+
+@pytest.mark.parametrize("body", [b"", b"\n\n  \n"])
+def test_ndjson_without_a_reading_is_422(body: bytes) -> None:
+    with pytest.raises(InvalidReadings, match="no reading"):
+        fed(body, 3).readings()

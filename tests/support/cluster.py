@@ -1,0 +1,140 @@
+"""A 3-node JetStream cluster on loopback for fault tests: nodes a test may kill (SIGKILL), pause and restart.
+
+Each node is a LocalNatsServer started from a config file of its own (server_name, listen, http,
+jetstream { store_dir }, cluster { name, listen, routes }); a restarted node keeps its ports and store,
+as a real server coming back after a crash does. The cluster is ready when every running node's
+JetStream is enabled and every one of them sees the same meta leader with the whole cluster behind it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from support.natsproc import StoppableNatsServer
+from support.net import free_port
+
+from telemetry.natsserver import NatsServerError, nats_server_binary
+
+CLUSTER_NAME = "telemetry-test"
+READY_TIMEOUT_S = 30.0
+POLL_S = 0.05
+
+
+class ClusterNode(StoppableNatsServer):
+    """One node of the cluster: its own config file, store, client, monitoring and route ports."""
+
+    def __init__(self, *, name: str, directory: Path, cluster_port: int) -> None:
+        super().__init__(port=free_port(), monitor_port=free_port(), store_dir=directory / "store")
+        self.name = name
+        self.cluster_port = cluster_port
+        self.config_file = directory / "nats.conf"
+
+    def write_config(self, peers: list[ClusterNode]) -> None:
+        """The node's configuration; routes name every other node of the cluster."""
+        routes = ", ".join(f'"nats-route://{self.host}:{peer.cluster_port}"' for peer in peers if peer is not self)
+        self.config_file.parent.mkdir(parents=True, exist_ok=True)
+        self.config_file.write_text(
+            f'server_name: "{self.name}"\n'
+            f'listen: "{self.host}:{self.port}"\n'
+            f'http: "{self.host}:{self.monitor_port}"\n'
+            f'jetstream {{ store_dir: "{self.store_dir}" }}\n'
+            f'cluster {{ name: "{CLUSTER_NAME}", listen: "{self.host}:{self.cluster_port}", routes: [{routes}] }}\n'
+        )
+
+    def command(self) -> list[str]:
+        return [str(nats_server_binary()), "--config", str(self.config_file)]
+
+    @property
+    def running(self) -> bool:
+        """Whether the process is alive (a paused one counts as running)."""
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: no flush, no goodbye to the peers or the clients, as in a crash (also works on a paused node)."""
+        if self.running:
+            assert self.process is not None
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def monitor(self, path: str) -> Any:
+        """A monitoring endpoint's JSON (``/jsz``, ``/connz``)."""
+        response = httpx.get(f"http://{self.host}:{self.monitor_port}{path}", timeout=1.0)
+        response.raise_for_status()
+        return response.json()
+
+
+class NatsCluster:
+    """Three (or ``size``) nodes; every process started is stopped by ``stop``, whatever state it is in."""
+
+    def __init__(self, directory: Path, size: int = 3) -> None:
+        self.nodes = [
+            ClusterNode(name=f"n{number}", directory=directory / f"n{number}", cluster_port=free_port())
+            for number in range(1, size + 1)
+        ]
+        for node in self.nodes:
+            node.write_config(self.nodes)
+
+    @property
+    def urls(self) -> list[str]:
+        """Every node's client URL: what a service is given to find the cluster."""
+        return [node.url for node in self.nodes]
+
+    def node(self, name: str) -> ClusterNode:
+        """The node with this server name."""
+        (found,) = [node for node in self.nodes if node.name == name]
+        return found
+
+    def start(self) -> None:
+        """Start every node and return once the cluster can take an R3 stream."""
+        try:
+            for node in self.nodes:
+                node.start()  # a node's JetStream is enabled before its peers are up: one after the other is fine
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
+        """Poll every running node until its JetStream is enabled and it sees the meta leader and all its peers."""
+        deadline = time.monotonic() + timeout_s
+        while not self._ready():
+            if time.monotonic() > deadline:
+                raise NatsServerError(f"the cluster did not elect a meta leader within {timeout_s:.0f} s")
+            time.sleep(POLL_S)
+
+    def _ready(self) -> bool:
+        leaders = set()
+        for node in self.nodes:
+            if not node.running:
+                continue
+            try:
+                health = httpx.get(f"http://{node.host}:{node.monitor_port}/healthz?js-enabled-only=true", timeout=1.0)
+                meta = node.monitor("/jsz").get("meta_cluster") or {}
+            except httpx.HTTPError:
+                return False
+            peers = len(meta.get("replicas") or []) + 1
+            if health.status_code != 200 or not meta.get("leader") or peers < len(self.nodes):
+                return False
+            leaders.add(meta["leader"])
+        return len(leaders) == 1
+
+    def serving(self, client_name: str) -> ClusterNode:
+        """The node a named client (``nats.connect(name=...)``) is connected to now."""
+        for node in self.nodes:
+            if node.running:
+                with contextlib.suppress(httpx.HTTPError):
+                    if any(c.get("name") == client_name for c in node.monitor("/connz")["connections"]):
+                        return node
+        raise LookupError(f"no node has a client named {client_name!r}")
+
+    def stop(self) -> None:
+        """Stop every node: a paused one is resumed first (a stopped process does not act on SIGTERM)."""
+        for node in self.nodes:
+            node.resume()
+            node.stop()
