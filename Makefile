@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test loadtest image chart-readme clean
+.PHONY: run test bench bench-quick loadtest image chart-readme clean
 
 run: $(STAMP) ## Start nats-server, both services and 5 simulated devices; Ctrl-C stops everything
 	$(BIN)/telemetry run --simulate 5
@@ -14,6 +14,21 @@ test: $(STAMP) ## Lint, type-check and run the whole test suite against real nat
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/pytest
+
+BENCH_STAMP := $(VENV)/.installed-bench
+
+bench: $(BENCH_STAMP) ## Benchmarks of shared/BENCHMARKS.md against reference servers, one table (about 15 min)
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+	$(BIN)/python -m bench.ingest
+
+bench-quick: $(BENCH_STAMP) ## The same with small numbers, to try the harness (about a minute)
+	$(BIN)/python -m bench.run --quick $(BENCH_ARGS)
+	$(BIN)/python -m bench.ingest --quick
+
+$(BENCH_STAMP): pyproject.toml $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	@test -e /usr/lib/nginx/modules/ngx_nchan_module.so || echo "optional: apt-get install -y nginx libnginx-mod-nchan adds the Nchan reference"
+	touch $@
 
 LOADTEST_ARGS ?= --run-time-s 60 --shape storm --devices 200 --dashboards 100 --sites 20
 

@@ -1,1 +1,1 @@
-"""Benchmarks of the stream service against reference servers: ``python -m bench.run`` (see BENCHMARKS.md)."""
+"""Benchmarks of BENCHMARKS.md: ``python -m bench.run`` (sections 1-4), ``python -m bench.ingest`` (section 5)."""

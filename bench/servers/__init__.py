@@ -1,0 +1,1 @@
+"""Reference servers for the fan-out and memory benchmarks, each a standalone script (``python -m``)."""

@@ -1,0 +1,320 @@
+"""The workloads of one benchmark run and the rows they add to the table (BENCHMARKS.md sections 1-4).
+
+``Suite`` runs what was selected against one ``Lab`` (NATS and the ingest service for the whole run,
+each measured server started fresh for its workload) and turns the results into rows: each figure
+beside its reference from the same run, the ratio, and the target with PASS or FAIL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+from bench.fanout import FanoutResult, Publisher, Regime, fanout
+from bench.report import Report, Row, times, us
+from bench.targets import Lab, Server
+from bench.workloads import fill_history, idle_memory, latency, replay
+from core.settings import Settings
+
+WORKLOADS = ("fanout", "memory", "latency", "replay")
+REGIMES: list[Regime] = ["spaced", "lockstep", "burst"]
+SLOW = {"fastapi"}  # lockstep would take minutes more; spaced and burst are its defined workloads
+SPACED_TARGET, BURST_TARGET, STARLETTE_SHARE = 1.5, 0.5, 1 / 3
+LOAD_SATURATED = 0.85
+INTERFERENCE = 0.25  # other work on the server CPU, as a share of the server's own, worth a note
+MEMORY_TARGET_KB, P99_TARGET_MS, REPLAY_TARGET_PER_S = 15.0, 50.0, 100_000
+
+
+def log(text: str) -> None:
+    """Progress on stderr, so that stdout is the table alone."""
+    print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+class Suite:
+    """The workloads of one run, sharing one Lab (NATS, ingest) and one Report."""
+
+    def __init__(self, args: argparse.Namespace, lab: Lab, report: Report) -> None:
+        self.args = args
+        self.lab = lab
+        self.report = report
+        self.fan: dict[tuple[str, int, Regime], list[FanoutResult]] = {}
+
+    async def all(self) -> None:
+        """Every selected workload in order; one failing workload does not stop the others."""
+        await self.lab.start_ingest()
+        for name in WORKLOADS:
+            if name in self.args.only:
+                try:
+                    await getattr(self, name)()
+                except Exception as err:  # reported in the notes; the other workloads still run
+                    log(f"{name} failed: {err!r}")
+                    self.report.note(f"{name} failed: {err!r}")
+
+    async def _fanout_one(self, name: str, counts: list[int]) -> None:
+        if name == "nchan" and not self.lab.nchan_available():
+            self.report.note("Nchan not installed (apt-get install -y nginx libnginx-mod-nchan): no Nchan rows")
+            return
+        server = await self._start(name)
+        publisher = Publisher(server.publish_port or self.lab.ingest_port, nchan=server.publish_port is not None)
+        try:
+            for count in filter(None, counts):  # --many 0 skips the large round
+                repeats = self.args.repeats if name in ("stream", "ceiling") and count <= self.args.subscribers else 1
+                log(f"fan-out: {name}, {count} subscribers, {self.args.readings} readings x{repeats} ...")
+                regimes = [regime for regime in REGIMES if not (regime == "lockstep" and name in SLOW)]
+                for result in await fanout(server, publisher, [count], regimes, self.args.readings, repeats):
+                    self.fan.setdefault((name, count, result.regime), []).append(result)
+                    log(
+                        f"  {result.regime}: {us(result.us_per_event)} (lost {result.lost}, lag {result.lag_s:.3f} s, "
+                        f"server CPU {result.cpu_s:.2f} s, other work on its CPU {result.other_cpu_s:.2f} s)"
+                    )
+        except Exception as err:  # a reference that breaks is a note, not the end of the run
+            log(f"fan-out of {name} failed: {err!r}")
+            self.report.note(f"fan-out of {name} failed: {err!r}")
+        finally:
+            await publisher.close()
+            self.lab.stop(server)
+
+    async def _start(self, name: str) -> Server:
+        if name == "stream":
+            return await self.lab.start_stream()
+        if name == "nchan":
+            return await self.lab.start_nchan()
+        return await self.lab.start_reference(name)
+
+    def _fan_us(self, name: str, count: int, regime: Regime) -> float:
+        results = self.fan.get((name, count, regime), [])
+        return statistics.mean(r.us_per_event for r in results) if results else float("nan")
+
+    async def fanout(self) -> None:
+        """Workload 1; the ceiling is measured first and again last, and its mean is the reference."""
+        small, many = self.args.subscribers, self.args.many
+        try:
+            await self._fanout_one("ceiling", [small, many])
+            await self._fanout_one("stream", [small, many])
+            for name in self.args.references:
+                await self._fanout_one(name, [small])
+            await self._fanout_one("ceiling", [small])
+        finally:  # what was measured goes into the table, also when interrupted
+            for count in (small, many):
+                for regime in REGIMES:
+                    self._fanout_rows(count, regime)
+            for results in self.fan.values():
+                for result in results:
+                    if result.lost or result.extra or result.post_failures:
+                        self.report.note(
+                            f"fan-out {result.server} {result.subscribers} {result.regime}: lost {result.lost}, "
+                            f"extra {result.extra}, failed posts {result.post_failures}"
+                        )
+            self._lag_note()
+            self._interference_note()
+
+    def _fanout_rows(self, count: int, regime: Regime) -> None:
+        ceiling = self._fan_us("ceiling", count, regime)
+        label = f"fan-out {regime}, {count} subs"
+        if (ceiling_runs := self.fan.get(("ceiling", count, regime))) is None:
+            return
+        spread = " / ".join(f"{r.us_per_event:.2f}" for r in ceiling_runs)
+        target = BURST_TARGET if regime == "burst" else SPACED_TARGET
+        stream = self._fan_us("stream", count, regime)
+        if ("stream", count, regime) in self.fan:
+            self.report.add(
+                Row(
+                    f"{label}: stream",
+                    us(stream),
+                    f"ceiling {ceiling:.2f}",
+                    times(stream, ceiling),
+                    f"≤ {target:g}x ceiling",
+                    stream <= target * ceiling,
+                )
+            )
+        starlette = self._fan_us("sse-starlette", count, regime)
+        if regime != "burst" and {("stream", count, regime), ("sse-starlette", count, regime)} <= self.fan.keys():
+            self.report.add(
+                Row(
+                    f"{label}: stream vs sse-starlette",
+                    us(stream),
+                    f"sse-starlette {starlette:.2f}",
+                    times(stream, starlette),
+                    "≤ 0.33x sse-starlette",
+                    stream <= STARLETTE_SHARE * starlette,
+                )
+            )
+        for name in ("fastapi", "sse-starlette", "nchan"):
+            if (name, count, regime) in self.fan:
+                value = self._fan_us(name, count, regime)
+                self.report.add(Row(f"{label}: {name}", us(value), f"ceiling {ceiling:.2f}", times(value, ceiling)))
+        self.report.add(Row(f"{label}: ceiling (bare uvloop)", us(ceiling), f"runs {spread}", "1.00x"))
+
+    def _lag_note(self) -> None:
+        lagging = [
+            f"{name} {count} {regime} {max(r.lag_s for r in results) * 1e3:.0f} ms"
+            for (name, count, regime), results in self.fan.items()
+            if regime == "spaced" and max(r.lag_s for r in results) > 0.05
+        ]
+        if lagging:
+            self.report.note(
+                "spaced: these servers were still delivering after the last 202 (POSTs outpaced the fan-out, "
+                "so readings queued and reached the server several per loop turn): " + ", ".join(lagging)
+            )
+
+    def _interference_note(self) -> None:
+        disturbed = [
+            f"{r.server} {r.subscribers} {r.regime} {r.other_cpu_s:.1f} s"
+            for results in self.fan.values()
+            for r in results
+            if r.other_cpu_s > max(0.5, INTERFERENCE * r.cpu_s)
+        ]
+        if disturbed:
+            self.report.note(
+                f"CPU {self.args.server_cpu} also ran other work (interrupts, or processes this run did not start) "
+                "during: " + ", ".join(disturbed) + "; figures may be disturbed"
+            )
+
+    async def ceiling_reference(self) -> str:
+        """The ceiling's cost from this run, measured now if the fan-out workload was not selected."""
+        count = self.args.subscribers
+        if ("ceiling", count, "spaced") not in self.fan:
+            await self._fanout_one("ceiling", [count])
+        return f"ceiling {self._fan_us('ceiling', count, 'spaced'):.2f} µs/event (spaced, {count} subs)"
+
+    async def memory(self) -> None:
+        """Workload 2: the stream service, then the ceiling and Nchan, each started fresh."""
+        results = {}
+        for name in ("stream", "ceiling", "nchan"):
+            if name == "nchan" and not self.lab.nchan_available():
+                continue
+            server = await self._start(name)
+            try:
+                log(f"memory: {name}, {self.args.connections} idle connections ...")
+                results[name] = await idle_memory(server, self.args.connections, self.args.hold_s)
+                log(f"  {results[name].kb_per_connection:.1f} KB/connection")
+            finally:
+                self.lab.stop(server)
+        stream = results["stream"].kb_per_connection
+        ceiling = results["ceiling"].kb_per_connection if "ceiling" in results else float("nan")
+        label = f"idle memory, {self.args.connections} conns"
+        reference = f"ceiling {ceiling:.1f}"
+        if "nchan" in results:
+            reference += f", nchan {results['nchan'].kb_per_connection:.1f}"
+        self.report.add(
+            Row(
+                f"{label}: stream",
+                f"{stream:.1f} KB/conn",
+                reference,
+                times(stream, ceiling),
+                f"≤ {MEMORY_TARGET_KB:g} KB",
+                stream <= MEMORY_TARGET_KB,
+            )
+        )
+        for name in ("ceiling", "nchan"):
+            if name in results:
+                value = results[name].kb_per_connection
+                self.report.add(Row(f"{label}: {name}", f"{value:.1f} KB/conn", "", times(value, ceiling)))
+
+    async def latency(self) -> None:
+        """Workload 3: devices through ingest, subscribers per site, on a fresh stream service."""
+        args = self.args
+        subs = args.sites * args.subscribers_per_site
+        devices = args.sites * args.devices_per_site
+        helper_cpus = {args.server_cpu, args.load_cpu} if args.float_helpers else {args.load_cpu}
+        server = await self.lab.start_stream()
+        try:
+            log(f"latency: {devices} devices at 1/s, {subs} subscribers, {args.warmup_s:g} s + {args.duration_s:g} s")
+            assert self.lab.ingest is not None and self.lab.nats is not None and self.lab.nats.process is not None
+            watch = {
+                "load generator": os.getpid(),
+                "ingest": self.lab.ingest.pid,
+                "nats-server": self.lab.nats.process.pid,
+                "stream": server.child.pid,
+            }
+            with self.lab.helpers_on(helper_cpus):
+                result = await latency(
+                    server,
+                    self.lab.ingest_port,
+                    sites=args.sites,
+                    devices_per_site=args.devices_per_site,
+                    subscribers_per_site=args.subscribers_per_site,
+                    rate_per_device=1.0,
+                    warmup_s=args.warmup_s,
+                    duration_s=args.duration_s,
+                    watch_pids=watch,
+                )
+        finally:
+            self.lab.stop(server)
+        log(f"  p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms, lost {result.lost}")
+        reference = await self.ceiling_reference()
+        label = f"latency, {devices} rdg/s → {subs} subs"
+        self.report.add(Row(f"{label}: p50", f"{result.p50_ms:.1f} ms", reference))
+        self.report.add(
+            Row(
+                f"{label}: p99",
+                f"{result.p99_ms:.1f} ms",
+                reference,
+                "",
+                f"< {P99_TARGET_MS:g} ms",
+                result.p99_ms < P99_TARGET_MS,
+            )
+        )
+        self.report.add(Row(f"{label}: max", f"{result.max_ms:.1f} ms", reference))
+        self.report.add(
+            Row(
+                f"{label}: POST→202 p50/p99",
+                f"{result.post_p50_ms:.1f} / {result.post_p99_ms:.1f} ms",
+                "(ingest's share)",
+            )
+        )
+        lost = result.lost + result.post_failures
+        self.report.add(Row(f"{label}: lost", f"{lost} of {result.expected} events", reference, "", "= 0", lost == 0))
+        busy = ", ".join(f"{name} {share:.0%}" for name, share in result.busy.items())
+        load_side = sum(share for name, share in result.busy.items() if name != "stream")
+        if load_side > LOAD_SATURATED and not args.float_helpers:
+            self.report.note(
+                f"latency: the load CPU was {load_side:.0%} busy (load generator + ingest + nats-server): the "
+                "figures include queueing there, not only in the stream service"
+            )
+        self.report.note(
+            f"latency: {result.readings_posted} readings in the window, {result.deliveries} deliveries, "
+            f"{result.post_failures} failed posts; CPU used (share of one CPU): {busy}; ingest and nats-server "
+            f"on CPU {','.join(map(str, sorted(helper_cpus)))} (--float-helpers lets them use both)"
+        )
+
+    async def replay(self) -> None:
+        """Workload 4: history published straight to JetStream, then one resuming client per repeat."""
+        count = self.args.replay_events
+        log(f"replay: publishing {count} readings to JetStream ...")
+        defaults = Settings.model_fields
+        stream_name, prefix = defaults["stream_name"].default, defaults["subject_prefix"].default
+        first = await fill_history(self.lab.nats_url, stream_name, prefix, count)
+        server = await self.lab.start_stream()
+        rates, cpu_us = [], []
+        try:
+            for _ in range(self.args.repeats):
+                result = await replay(server, first, count)
+                rates.append(result.events_per_s)
+                cpu_us.append(result.server_cpu_s / max(1, result.received) * 1e6)
+                log(
+                    f"  {result.received} events in {result.seconds:.2f} s: {result.events_per_s:,.0f}/s, "
+                    f"server CPU {result.server_cpu_s / max(1, result.received) * 1e6:.1f} µs/event"
+                )
+                if result.received != count:
+                    self.report.note(f"replay: received {result.received} of {count} events")
+        finally:
+            self.lab.stop(server)
+        rate = statistics.median(rates)
+        self.report.note(
+            f"replay: {', '.join(f'{r:,.0f}' for r in rates)} events/s; stream CPU "
+            f"{', '.join(f'{c:.1f}' for c in cpu_us)} µs/event (one client, {count} events each time)"
+        )
+        self.report.add(
+            Row(
+                f"replay, {count} events",
+                f"{rate:,.0f} events/s",
+                await self.ceiling_reference(),
+                "",
+                f"≥ {REPLAY_TARGET_PER_S:,}/s",
+                rate >= REPLAY_TARGET_PER_S,
+            )
+        )
