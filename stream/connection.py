@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 import structlog
@@ -45,6 +46,7 @@ class Connection:
         "_on_conflated",
         "_send",
         "_writer",
+        "_writer_readings",
         "buffered_bytes",
         "closed",
         "deadline",
@@ -99,8 +101,9 @@ class Connection:
         self._budget = TokenBucket(limits.rate_per_s)
         self._flush_timer: asyncio.TimerHandle | None = None
         self._behind_since: float | None = None
-        self.last_write = self._loop.time()
+        self.last_write = time.monotonic()
         self.deadline = float("inf")
+        self._writer_readings = 0
 
     def open(self, send: Send) -> None:
         """The response has started: frames can be written with ``send`` from now on."""
@@ -109,13 +112,13 @@ class Connection:
             self.dirty = True
             self._mark_dirty(self)
 
-    def deliver(self, seq: int, topic: str, frame: bytes) -> None:
+    def deliver(self, seq: int, topic: str, frame: bytes, now: float) -> None:
         """A live reading from the hub: held during a replay, rate limited and conflated otherwise."""
         if self.replaying:
             self._held.append((seq, topic, frame))
         elif seq > self.last_seq and not self.ending:
             self.last_seq = seq
-            if self._latest or not self._may_send_now():
+            if self._latest or not self._may_send_now(now):
                 self._conflate(topic, seq, frame)
             else:
                 self._queue_reading(frame)
@@ -138,35 +141,45 @@ class Connection:
         """Release the live frames held during the replay; those the replay already sent are dropped."""
         self.replaying = False
         held, self._held = self._held, []
+        now = time.monotonic()
         for seq, topic, frame in held:
-            self.deliver(seq, topic, frame)
+            self.deliver(seq, topic, frame, now)
 
-    def flush(self) -> None:
-        """Write everything pending as one chunk, now, unless a write is still under way."""
+    def flush(self, now: float) -> int:
+        """Write everything pending as one chunk, now, unless a write is still under way.
+
+        Returns how many readings were written at once (those of a write that has to wait are
+        counted by ``on_written`` when it completes).
+        """
         self.dirty = False
         if self._writer is not None or self.closed or not self.frames or self._send is None:
-            return
-        data = b"".join(self.frames) if len(self.frames) > 1 else self.frames[0]
+            return 0
+        frames = self.frames
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
         readings = self.unsent_readings
-        self.frames.clear()
+        self.frames = []
         self.buffered_bytes = 0
         self.unsent_readings = 0
+        message = {"type": "http.response.body", "body": data, "more_body": not self.ending}
         try:
-            self._writer = run_eagerly(self._write(self._send, data, readings, final=self.ending))
+            writer = run_eagerly(self._send(message))  # type: ignore[arg-type]
         except Exception as err:  # the client is gone in a way uvicorn reports by raising
             log.debug("write_failed", error=repr(err))
             self.close()
-            return
-        if self._writer is not None:
-            self._writer.add_done_callback(self._on_writer_done)
+            return 0
+        if writer is None:
+            self._written(now)
+            return readings
+        self._writer = writer
+        self._writer_readings = readings
+        writer.add_done_callback(self._on_writer_done)
+        return 0
 
-    async def _write(self, send: Send, data: bytes, readings: int, final: bool) -> None:
-        await send({"type": "http.response.body", "body": data, "more_body": not final})
-        self.last_write = self._loop.time()
-        self.on_written(readings)
+    def _written(self, now: float) -> None:
+        self.last_write = now
         if not self.frames:
             self._behind_since = None
-        if self.buffered_bytes <= REPLAY_HIGH_WATER_BYTES:
+        if not self.drained.is_set():
             self.drained.set()
         if self._latest and self._flush_timer is None:
             self._flush_conflated()
@@ -175,8 +188,11 @@ class Connection:
         self._writer = None
         if task.cancelled() or task.exception() is not None:
             self.close()
-        elif self.frames:
-            self.flush()
+            return
+        self.on_written(self._writer_readings)
+        self._written(time.monotonic())
+        if self.frames:
+            self.flush(time.monotonic())
 
     async def wait_drained(self) -> None:
         """Back-pressure for a replay: wait while the client is far behind."""
@@ -212,16 +228,16 @@ class Connection:
             if self.events_left == 0:
                 self.end("max_events")
 
-    def _may_send_now(self) -> bool:
+    def _may_send_now(self, now: float) -> bool:
         """Spend a token of the rate budget, unless the client is too far behind to take more now."""
-        return self.buffered_bytes <= self.limits.max_buffer_bytes and self._budget.take()
+        return self.buffered_bytes <= self.limits.max_buffer_bytes and self._budget.take(now)
 
     def _conflate(self, topic: str, seq: int, frame: bytes) -> None:
         if topic in self._latest:
             self._on_conflated()
         self._latest[topic] = (seq, frame)
         if self.buffered_bytes > self.limits.max_buffer_bytes:
-            now = self._loop.time()
+            now = time.monotonic()
             if self._behind_since is None:
                 self._behind_since = now
             elif now - self._behind_since > self.limits.slow_consumer_timeout_s:
@@ -236,8 +252,9 @@ class Connection:
         self._flush_timer = None
         if self.closed or self.ending:
             return
+        now = time.monotonic()
         for topic, (_seq, frame) in sorted(self._latest.items(), key=lambda item: item[1][0]):
-            if not self._may_send_now():
+            if not self._may_send_now(now):
                 break
             del self._latest[topic]
             self._queue_reading(frame)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import Counter
 
 import nats.errors
@@ -27,6 +28,7 @@ from stream.upstream import OrderedFeed
 log = structlog.get_logger(__name__)
 
 START_RETRY_S = 0.5
+YIELD_EVERY_DELIVERIES = 20_000
 
 
 class Hub:
@@ -47,6 +49,7 @@ class Hub:
         self.events_sent = 0
         self.keepalives_sent = 0
         self._dirty: list[Connection] = []
+        self._since_yield = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._feed: OrderedFeed | None = None
         self._task: asyncio.Task[None] | None = None
@@ -106,18 +109,20 @@ class Hub:
 
     def _flush(self) -> None:
         dirty, self._dirty = self._dirty, []
+        now = time.monotonic()
+        written = 0
         for connection in dirty:
-            connection.flush()
+            written += connection.flush(now)
+        self.events_sent += written
 
     async def _tick(self) -> None:
         """Keep-alive comments for quiet connections and the end of those past their lifetime, for all at once."""
         settings = self.link.settings
         keepalive_s = settings.keepalive_s
         interval_s = min(1.0, keepalive_s / 4, settings.max_lifetime_s / 10 or 1.0)
-        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(interval_s)
-            now = loop.time()
+            now = time.monotonic()
             for connection in self.connections:
                 if connection.ending or connection.closed:
                     continue
@@ -183,8 +188,14 @@ class Hub:
         if frame is None:
             log.debug("foreign_message_skipped", seq=seq, subject=subject)
             return
+        now = time.monotonic()
         for connection in subscribers:
-            connection.deliver(seq, topic, frame)
+            connection.deliver(seq, topic, frame, now)
+        self._since_yield += len(subscribers)
+        if self._since_yield >= YIELD_EVERY_DELIVERIES:
+            # nats-py hands a backlog over without yielding: let the writes of what was routed go out.
+            self._since_yield = 0
+            await asyncio.sleep(0)
 
     def request_drain(self) -> None:
         """``drain`` from a signal handler: schedule it on the loop instead of running it in between."""

@@ -28,9 +28,10 @@ class TokenBucket:
         self._tokens = self._capacity
         self._at = time.monotonic()
 
-    def take(self) -> bool:
-        """Spend a token if there is one."""
-        now = time.monotonic()
+    def take(self, now: float | None = None) -> bool:
+        """Spend a token if there is one (``now``: ``time.monotonic()``, when the caller has it already)."""
+        if now is None:
+            now = time.monotonic()
         self._tokens = min(self._capacity, self._tokens + (now - self._at) * self.rate_per_s)
         self._at = now
         if self._tokens < 1.0:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from core.jetstream import JetStreamLink
 from core.readings import control_frame, event_frame
 from core.topics import Subjects, distinct_filters
-from stream.connection import Connection
+from stream.connection import REPLAY_HIGH_WATER_BYTES, Connection
 from stream.upstream import OrderedFeed
 
 
@@ -67,6 +67,7 @@ async def replay(link: JetStreamLink, connection: Connection, start_after: int, 
     patterns = connection.patterns
     distinct = distinct_filters(patterns)
     filters = [subjects.all] if distinct is None else [subjects.for_pattern(p) for p in distinct]
+    server_filtered = distinct is not None  # JetStream sends exactly what the patterns match
     finished = asyncio.get_running_loop().create_future()
     count = 0
 
@@ -79,14 +80,18 @@ async def replay(link: JetStreamLink, connection: Connection, start_after: int, 
         if seq > upto:
             finish()
             return
-        topic = subjects.topic_of(subject)
         frame = event_frame(seq, payload)
-        if topic is not None and frame is not None and any(p.matches(topic.split(".")) for p in patterns):
+        if frame is not None and (server_filtered or matches(subject)):
             connection.push_reading(seq, frame)
             count += 1
-            await connection.wait_drained()
+            if connection.buffered_bytes > REPLAY_HIGH_WATER_BYTES:
+                await connection.wait_drained()
         if seq >= upto or pending == 0:
             finish()
+
+    def matches(subject: str) -> bool:
+        topic = subjects.topic_of(subject)
+        return topic is not None and any(p.matches(topic.split(".")) for p in patterns)
 
     feed = OrderedFeed(
         link.nc,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 from typing import Annotated
 
 import nats.errors
@@ -88,7 +89,7 @@ class EventStream:
         connection.on_written = hub.count_written
         lifetime_s = self.settings.max_lifetime_s * (1 - LIFETIME_JITTER * random.random())
         if lifetime_s > 0:
-            connection.deadline = asyncio.get_running_loop().time() + lifetime_s
+            connection.deadline = time.monotonic() + lifetime_s
         me = asyncio.current_task()
         assert me is not None
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 
 import nats.errors
@@ -134,7 +135,7 @@ class OrderedFeed:
         self._sub = await self._nc.subscribe(inbox, cb=on_message, pending_msgs_limit=SUB_PENDING_MSGS)
         info = await self._js.add_consumer(self._stream, self._config(inbox))
         self._consumer = info.name
-        self._last_activity = asyncio.get_running_loop().time()
+        self._last_activity = time.monotonic()
         return info.num_pending or 0
 
     async def _drop_consumer(self) -> None:
@@ -172,15 +173,14 @@ class OrderedFeed:
 
     async def _watch_heartbeats(self) -> None:
         """Two missed heartbeats mean the consumer is gone (server restart, leader change): recreate it."""
-        loop = asyncio.get_running_loop()
         while not self._closed:
             await asyncio.sleep(self._heartbeat_s)
-            if loop.time() - self._last_activity > 2 * self._heartbeat_s and self._nc.is_connected:
-                self._last_activity = loop.time()
+            if time.monotonic() - self._last_activity > 2 * self._heartbeat_s and self._nc.is_connected:
+                self._last_activity = time.monotonic()
                 self._reset("missed heartbeats")
 
     async def _on_message(self, msg: Msg) -> None:
-        self._last_activity = asyncio.get_running_loop().time()
+        self._last_activity = time.monotonic()
         headers = msg.headers
         if headers is not None and headers.get(STATUS) == CONTROL_STATUS:
             await self._on_control(msg, headers)
