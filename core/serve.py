@@ -9,8 +9,11 @@ import uvicorn
 from fastapi import FastAPI
 
 
-def server_config(app: FastAPI, host: str, port: int, graceful_s: float) -> uvicorn.Config:
-    """uvicorn settings: our own JSON logs (no access log), uvloop, httptools, bounded graceful shutdown."""
+def server_config(app: FastAPI, host: str, port: int, graceful_s: float, http: str = "auto") -> uvicorn.Config:
+    """uvicorn settings: our own JSON logs (no access log), uvloop, httptools, bounded graceful shutdown.
+
+    ``http="h11"`` is for the tests of the paths that do not depend on httptools.
+    """
     return uvicorn.Config(
         app,
         host=host,
@@ -18,7 +21,7 @@ def server_config(app: FastAPI, host: str, port: int, graceful_s: float) -> uvic
         log_config=None,
         access_log=False,
         loop="auto",
-        http="auto",
+        http=http,
         lifespan="on",
         timeout_graceful_shutdown=max(1, round(graceful_s)),
         server_header=False,

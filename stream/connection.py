@@ -12,6 +12,7 @@ from starlette.types import Send
 from core.readings import control_frame, retry_frame
 from core.topics import Pattern
 from stream.eager import run_eagerly
+from stream.fastwrite import ChunkWriter, chunk, chunk_writer
 from stream.limits import Limits, TokenBucket
 
 log = structlog.get_logger(__name__)
@@ -45,6 +46,8 @@ class Connection:
         "_mark_dirty",
         "_on_conflated",
         "_send",
+        "_single_chunk",
+        "_write_chunk",
         "_writer",
         "_writer_readings",
         "buffered_bytes",
@@ -104,15 +107,18 @@ class Connection:
         self.last_write = time.monotonic()
         self.deadline = float("inf")
         self._writer_readings = 0
+        self._write_chunk: ChunkWriter | None = None
+        self._single_chunk: bytes | None = None
 
     def open(self, send: Send) -> None:
         """The response has started: frames can be written with ``send`` from now on."""
         self._send = send
+        self._write_chunk = chunk_writer(send)
         if self.frames and not self.dirty:
             self.dirty = True
             self._mark_dirty(self)
 
-    def deliver(self, seq: int, topic: str, frame: bytes, now: float) -> None:
+    def deliver(self, seq: int, topic: str, frame: bytes, now: float, framed: bytes | None = None) -> None:
         """A live reading from the hub: held during a replay, rate limited and conflated otherwise."""
         if self.replaying:
             self._held.append((seq, topic, frame))
@@ -121,7 +127,7 @@ class Connection:
             if self._latest or not self._may_send_now(now):
                 self._conflate(topic, seq, frame)
             else:
-                self._queue_reading(frame)
+                self._queue_reading(frame, framed)
 
     def push_reading(self, seq: int, frame: bytes) -> None:
         """A replayed reading: not rate limited (the replay waits for the client instead), never doubled."""
@@ -129,8 +135,9 @@ class Connection:
             self.last_seq = seq
             self._queue_reading(frame)
 
-    def push(self, frame: bytes) -> None:
-        """Queue any frame; it is written at the end of this loop turn."""
+    def push(self, frame: bytes, framed: bytes | None = None) -> None:
+        """Queue a frame (``framed``: it as an HTTP chunk, if the hub made one); written at the end of the turn."""
+        self._single_chunk = framed if not self.frames else None
         self.frames.append(frame)
         self.buffered_bytes += len(frame)
         if not self.dirty and self._send is not None:
@@ -155,8 +162,16 @@ class Connection:
         if self._writer is not None or self.closed or not self.frames or self._send is None:
             return 0
         frames = self.frames
-        data = frames[0] if len(frames) == 1 else b"".join(frames)
         readings = self.unsent_readings
+        if self._write_chunk is not None and not self.ending:
+            single = self._single_chunk
+            if self._write_chunk(single if single is not None and len(frames) == 1 else chunk(b"".join(frames))):
+                self.frames = []
+                self.buffered_bytes = 0
+                self.unsent_readings = 0
+                self._written(now)
+                return readings
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
         self.frames = []
         self.buffered_bytes = 0
         self.unsent_readings = 0
@@ -220,23 +235,30 @@ class Connection:
         if self._writer is not None:
             self._writer.cancel()
 
-    def _queue_reading(self, frame: bytes) -> None:
+    def _queue_reading(self, frame: bytes, framed: bytes | None = None) -> None:
         self.unsent_readings += 1
-        self.push(frame)
+        self.push(frame, framed)
         if self.events_left > 0:
             self.events_left -= 1
             if self.events_left == 0:
                 self.end("max_events")
 
+    def _behind(self) -> bool:
+        """More than ``max_buffer_bytes`` wait behind a write the socket did not take: the client is slow.
+
+        Frames queued in this loop turn are not behind: they are all written at its end.
+        """
+        return self._writer is not None and self.buffered_bytes > self.limits.max_buffer_bytes
+
     def _may_send_now(self, now: float) -> bool:
         """Spend a token of the rate budget, unless the client is too far behind to take more now."""
-        return self.buffered_bytes <= self.limits.max_buffer_bytes and self._budget.take(now)
+        return not self._behind() and self._budget.take(now)
 
     def _conflate(self, topic: str, seq: int, frame: bytes) -> None:
         if topic in self._latest:
             self._on_conflated()
         self._latest[topic] = (seq, frame)
-        if self.buffered_bytes > self.limits.max_buffer_bytes:
+        if self._behind():
             now = time.monotonic()
             if self._behind_since is None:
                 self._behind_since = now
@@ -260,5 +282,5 @@ class Connection:
             self._queue_reading(frame)
             if self.ending:
                 return
-        if self._latest and self.buffered_bytes <= self.limits.max_buffer_bytes:
+        if self._latest and not self._behind():
             self._flush_timer = self._loop.call_later(self._budget.wait_s(), self._flush_conflated)

@@ -20,6 +20,7 @@ from core.jetstream import JetStreamLink
 from core.readings import KEEPALIVE_FRAME, event_frame
 from core.topics import Subjects
 from stream.connection import Connection
+from stream.fastwrite import chunk
 from stream.index import PatternIndex
 from stream.limits import TokenBucket, jittered
 from stream.metrics import StreamMetrics
@@ -189,8 +190,9 @@ class Hub:
             log.debug("foreign_message_skipped", seq=seq, subject=subject)
             return
         now = time.monotonic()
+        framed = chunk(frame)
         for connection in subscribers:
-            connection.deliver(seq, topic, frame, now)
+            connection.deliver(seq, topic, frame, now, framed)
         self._since_yield += len(subscribers)
         if self._since_yield >= YIELD_EVERY_DELIVERIES:
             # nats-py hands a backlog over without yielding: let the writes of what was routed go out.

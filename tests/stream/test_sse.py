@@ -223,3 +223,20 @@ async def test_replay_beyond_the_limit_starts_with_a_reset(
         reset, *replayed = await take(stream, 4)
     assert json.loads(reset.data) == {"reason": "replay_limit", "requested_id": 0, "first_available_id": stored[3]}
     assert seqs(replayed) == stored[3:]
+
+
+async def test_the_generic_asgi_write_path_serves_the_same_stream(
+    make_settings: Callable[..., Settings], serve: Serve, publish: Any
+) -> None:
+    """On uvicorn's h11 protocol the hub cannot write pre-framed chunks: every write goes through ``send``."""
+    settings = make_settings(max_rate_per_s=1e6)
+    before = await publish("s", "d", "m", [1, 2])
+    async with (
+        serve(create_app(settings), http="h11") as url,
+        events(url, "s.>", last_event_id=0, max_events=5) as stream,
+    ):
+        replayed = await take(stream, 2)
+        live = await publish("s", "d", "m", [3, 4, 5])
+        *received, end = await take(stream, 4)
+    assert seqs(replayed) + seqs(received) == before + live
+    assert json.loads(end.data) == {"reason": "max_events"}

@@ -28,7 +28,9 @@ async def events(
         yield source.aiter_sse()
 
 
-async def take(stream: AsyncIterator[ServerSentEvent], count: int) -> list[ServerSentEvent]:
+async def take(
+    stream: AsyncIterator[ServerSentEvent], count: int, timeout_s: float = EVENT_TIMEOUT_S
+) -> list[ServerSentEvent]:
     """The next ``count`` events that are not just the initial retry hint."""
     received: list[ServerSentEvent] = []
 
@@ -40,7 +42,7 @@ async def take(stream: AsyncIterator[ServerSentEvent], count: int) -> list[Serve
             if len(received) == count:
                 return
 
-    await asyncio.wait_for(collect(), EVENT_TIMEOUT_S)
+    await asyncio.wait_for(collect(), timeout_s)
     return received
 
 
