@@ -29,7 +29,7 @@ from stream.upstream import OrderedFeed
 log = structlog.get_logger(__name__)
 
 START_RETRY_S = 0.5
-YIELD_EVERY_DELIVERIES = 20_000
+YIELD_EVERY_DELIVERIES = 250_000
 
 
 class Hub:
