@@ -134,7 +134,20 @@ async def replicas_current(js: JetStreamContext, stream: str, size: int = 3) -> 
 
 
 async def stored_ids(js: JetStreamContext, stream: str, subjects: str) -> dict[int, str]:
-    """Every message of the stream, read with an ordered consumer: stream sequence -> reading id."""
+    """Every message of the stream, read with an ordered consumer: stream sequence -> reading id.
+
+    Right after a node came back the cluster may still be moving leaders: a read that times out is
+    started again, within the phase's deadline.
+    """
+    async with asyncio.timeout(PHASE_TIMEOUT_S):
+        while True:
+            try:
+                return await read_all(js, stream, subjects)
+            except nats.errors.TimeoutError:
+                await asyncio.sleep(0.2)
+
+
+async def read_all(js: JetStreamContext, stream: str, subjects: str) -> dict[int, str]:
     count = (await js.stream_info(stream)).state.messages
     sub = await js.subscribe(subjects, ordered_consumer=True, stream=stream)
     stored: dict[int, str] = {}
