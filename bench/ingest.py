@@ -13,12 +13,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import itertools
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,10 +31,10 @@ import nats
 import uvloop
 from nats.js.api import PubAck
 
+from bench.procs import die_with_parent, free_ports, proc_cpu_s, set_affinity, stop_process
 from core.readings import Reading, stored_payload
 from telemetry.natsserver import LocalNatsServer
 
-CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 STREAM, PREFIX = "BENCH_INGEST", "bench"
 TARGET = 0.5  # batched ingest >= 50 % of the ceiling
 DEVICES = 10_000  # spread so that the per-device rate limit (on, at its default) never refuses a reading
@@ -72,25 +69,6 @@ class Measure:
         return self.readings / self.cpu_s if self.cpu_s > 0 else float("nan")
 
 
-def cpu_s(pid: int | str = "self") -> float:
-    """User + system CPU seconds of a process (all its threads), from ``/proc/PID/stat``."""
-    text = Path(f"/proc/{pid}/stat").read_text()
-    fields = text[text.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS_PER_S
-
-
-def die_with_parent() -> None:
-    """In the child before exec: SIGTERM it when this runner dies, however it dies."""
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def pin(pid: int, cpus: set[int]) -> None:
-    """Move every thread of a running process (nats-server has many) to ``cpus``."""
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(ProcessLookupError, FileNotFoundError):
-            os.sched_setaffinity(int(task.name), cpus)
-
-
 def log(text: str) -> None:
     print(f"[bench.ingest {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
@@ -121,7 +99,7 @@ async def ceiling(nats_url: str, in_flight: int, warmup_s: float, duration_s: fl
     while len(marks) < 2:
         now = loop.time()
         if now - start >= warmup_s + (duration_s if marks else 0.0):
-            marks.append((acked, cpu_s(), now))
+            marks.append((acked, proc_cpu_s(os.getpid()), now))
         for _ in range(100):
             sequence += 1
             device = sequence % DEVICES
@@ -187,9 +165,9 @@ async def drive(port: int, pid: int, workload: Workload, warmup_s: float, durati
     stop = asyncio.Event()
     tasks = [asyncio.create_task(p.run(bodies(workload, n, tag), stop)) for n, p in enumerate(posters)]
     await asyncio.sleep(warmup_s)  # the warm-up is a span of time, not an event to wait for
-    acked0, cpu0, wall0 = sum(p.acked for p in posters), cpu_s(pid), time.monotonic()
+    acked0, cpu0, wall0 = sum(p.acked for p in posters), proc_cpu_s(pid), time.monotonic()
     await asyncio.sleep(duration_s)
-    acked1, cpu1, wall1 = sum(p.acked for p in posters), cpu_s(pid), time.monotonic()
+    acked1, cpu1, wall1 = sum(p.acked for p in posters), proc_cpu_s(pid), time.monotonic()
     stop.set()
     await asyncio.gather(*tasks)
     refused = sum((Counter(p.refused) for p in posters), Counter[int]())
@@ -215,16 +193,6 @@ def child(argv: list[str], cpu: int, env: dict[str, str], log_path: Path) -> sub
         )
 
 
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 def wait_ready(port: int, process: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
     """Poll /readyz (a subprocess offers nothing to await)."""
     deadline = time.monotonic() + timeout_s
@@ -238,13 +206,6 @@ def wait_ready(port: int, process: subprocess.Popen[bytes], timeout_s: float = 3
     raise RuntimeError("the ingest service did not become ready")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def run_ceiling(nats_url: str, in_flight: int, warmup_s: float, duration_s: float, cpu: int, work: Path) -> Measure:
     """The bare loop as a child pinned to ``cpu``; it reports its own window as JSON."""
     tag = f"c{in_flight}-{time.time_ns()}"
@@ -253,7 +214,7 @@ def run_ceiling(nats_url: str, in_flight: int, warmup_s: float, duration_s: floa
     try:
         process.wait(warmup_s + duration_s + 60)
     finally:
-        stop(process)
+        stop_process(process)
     lines = (work / "ceiling.log").read_text().strip().splitlines()
     if process.returncode != 0 or not lines:
         raise RuntimeError(f"the ceiling loop failed: {lines[-5:]}")
@@ -280,15 +241,16 @@ def main() -> int:
     rows: list[tuple[Workload, Measure, Measure]] = []
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
         work = Path(tmp)
+        nats_port, monitor_port = free_ports(2)
         server = LocalNatsServer(
-            port=free_port(), monitor_port=free_port(), store_dir=work / "nats", start_new_session=True
+            port=nats_port, monitor_port=monitor_port, store_dir=work / "nats", start_new_session=True
         )
         server.start()
         ingest: subprocess.Popen[bytes] | None = None
         try:
             assert server.process is not None
-            pin(server.process.pid, nats_cpus)
-            port = free_port()
+            set_affinity(server.process.pid, nats_cpus)
+            port = free_ports(1)[0]
             env = {
                 "TELEMETRY_NATS_URLS": server.url,
                 "TELEMETRY_STREAM_NAME": STREAM,
@@ -309,7 +271,7 @@ def main() -> int:
                 rows.append((workload, measure, reference))
         finally:
             if ingest is not None:
-                stop(ingest)
+                stop_process(ingest)
             server.stop()
     print(table(rows, args.quick))
     return 0

@@ -65,6 +65,18 @@ def die_with_parent() -> None:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after a grace period; always reaped."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def proc_cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process (all its threads), from ``/proc/PID/stat``."""
     text = Path(f"/proc/{pid}/stat").read_text()
@@ -163,11 +175,5 @@ class Child:
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after a grace period; always reaped."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process is not None:
+            stop_process(self.process)
