@@ -2,9 +2,10 @@
 
 nats-py has an ordered consumer, but before its first message a reset restarts it at sequence 1
 (replaying everything), and it does not tell its owner how far it got. This one knows the next stream
-sequence it wants, answers flow control itself, and after a consumer-sequence gap, missed heartbeats
-or a reconnect it recreates the consumer from exactly that sequence: its handler sees every matching
-message once, in stream order.
+sequence it wants, answers flow control itself, and after a consumer-sequence gap, missed heartbeats,
+a lost connection or a reconnect it recreates the consumer from exactly that sequence: its handler
+sees every matching message once, in stream order. Deliveries arrive on a ``WireSubscriber`` of its
+own (stream/wire.py); nats-py creates and deletes the consumer.
 """
 
 from __future__ import annotations
@@ -15,43 +16,51 @@ import time
 from collections.abc import Awaitable, Callable
 
 import nats.errors
-import nats.js.errors
 import structlog
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, ReplayPolicy
+
+from stream.wire import Delivery, WireError, WireSubscriber
 
 log = structlog.get_logger(__name__)
 
 # handler(stream sequence, subject, payload, messages still pending after this one)
 MessageHandler = Callable[[int, str, bytes, int], Awaitable[None]]
 
-STATUS = "Status"
-CONTROL_STATUS = "100"
-LAST_CONSUMER = "Nats-Last-Consumer"
-CONSUMER_STALLED = "Nats-Consumer-Stalled"
+CONTROL_STATUS = b"NATS/1.0 100"
+LAST_CONSUMER = b"Nats-Last-Consumer"
+CONSUMER_STALLED = b"Nats-Consumer-Stalled"
 V1_ACK_TOKENS = 9
 RETRY_WAIT_S = 0.5
+CONNECT_TIMEOUT_S = 5.0
 ORPHAN_CONSUMER_TIMEOUT_S = 30.0
-SUB_PENDING_MSGS = 65536
 
 
-def ack_sequences(reply: str) -> tuple[int, int, int] | None:
+def ack_sequences(reply: bytes) -> tuple[int, int, int] | None:
     """(stream sequence, consumer sequence, pending) from a JetStream ack subject, or None if it is not one.
 
     ``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<dseq>.<ts>.<pending>`` (v1) or the v2 form with a
     domain and account hash in front and a token behind.
     """
-    tokens = reply.split(".")
-    if len(tokens) < V1_ACK_TOKENS or tokens[0] != "$JS" or tokens[1] != "ACK":
+    tokens = reply.split(b".")
+    if len(tokens) < V1_ACK_TOKENS or tokens[0] != b"$JS" or tokens[1] != b"ACK":
         return None
     base = 5 if len(tokens) == V1_ACK_TOKENS else 7
     try:
         return int(tokens[base]), int(tokens[base + 1]), int(tokens[base + 3])
     except (ValueError, IndexError):
         return None
+
+
+def header_fields(block: bytes) -> dict[bytes, bytes]:
+    """The ``Name: value`` lines of a raw NATS header block (the status line is skipped)."""
+    fields = {}
+    for line in block.split(b"\r\n")[1:]:
+        name, sep, value = line.partition(b":")
+        if sep:
+            fields[name.strip()] = value.strip()
+    return fields
 
 
 class OrderedFeed:
@@ -78,8 +87,8 @@ class OrderedFeed:
         self._name = name
         self.next_seq = max(1, start_seq)
         self._consumer: str | None = None
-        self._sub: Subscription | None = None
-        self._generation = 0
+        self._sub: WireSubscriber | None = None
+        self._reader: asyncio.Task[None] | None = None
         self._consumer_seq = 0
         self._last_activity = 0.0
         self._resetting: asyncio.Task[None] | None = None
@@ -88,7 +97,11 @@ class OrderedFeed:
 
     async def start(self) -> int:
         """Create the consumer; returns how many matching messages it has to deliver right now."""
-        pending = await self._create()
+        try:
+            pending = await self._create()
+        except BaseException:
+            await self._drop_consumer()
+            raise
         self._monitor = asyncio.create_task(self._watch_heartbeats(), name=f"{self._name}-heartbeats")
         return pending
 
@@ -123,28 +136,38 @@ class OrderedFeed:
         return config
 
     async def _create(self) -> int:
-        self._generation += 1  # messages still queued for a replaced subscription are ignored
-        generation = self._generation
+        """Subscribe on a connection of our own, then create the consumer that delivers to it."""
         self._consumer_seq = 0
-
-        async def on_message(msg: Msg) -> None:
-            if generation == self._generation and not self._closed:
-                await self._on_message(msg)
-
+        url = self._nc.connected_url
+        if url is None or not self._nc.is_connected:
+            raise WireError("not connected to NATS")
         inbox = self._nc.new_inbox()
-        self._sub = await self._nc.subscribe(inbox, cb=on_message, pending_msgs_limit=SUB_PENDING_MSGS)
+        async with asyncio.timeout(CONNECT_TIMEOUT_S):
+            sub = await WireSubscriber.open(url, inbox, name=f"{self._nc.options['name']}-{self._name}")
+        self._sub = sub
+        self._reader = asyncio.create_task(self._read(sub), name=f"{self._name}-reader")
         info = await self._js.add_consumer(self._stream, self._config(inbox))
         self._consumer = info.name
         self._last_activity = time.monotonic()
         return info.num_pending or 0
 
-    async def _drop_consumer(self) -> None:
-        sub, consumer = self._sub, self._consumer
-        self._sub, self._consumer = None, None
-        self._generation += 1
+    def _detach(self) -> tuple[asyncio.Task[None] | None, str | None]:
+        """Stop reading the current subscription at once; returns its reader and consumer to clean up."""
+        sub, reader, consumer = self._sub, self._reader, self._consumer
+        self._sub, self._reader, self._consumer = None, None, None
         if sub is not None:
-            with contextlib.suppress(nats.errors.Error):
-                await sub.unsubscribe()
+            sub.close()
+        return reader, consumer
+
+    async def _drop_consumer(self) -> None:
+        await self._clean_up(*self._detach())
+
+    async def _clean_up(self, reader: asyncio.Task[None] | None, consumer: str | None) -> None:
+        """Wait for a detached reader to stop, and delete its consumer."""
+        if reader is not None and reader is not asyncio.current_task():
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
         if consumer is not None and self._nc.is_connected:
             with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
                 await self._js.delete_consumer(self._stream, consumer)
@@ -158,10 +181,11 @@ class OrderedFeed:
         if self._closed or (self._resetting is not None and not self._resetting.done()):
             return
         log.info("feed_reset", feed=self._name, reason=reason, next_seq=self.next_seq)
-        self._resetting = asyncio.create_task(self._recreate(), name=f"{self._name}-reset")
+        reader, consumer = self._detach()  # nothing more from the old subscription, from now on
+        self._resetting = asyncio.create_task(self._recreate(reader, consumer), name=f"{self._name}-reset")
 
-    async def _recreate(self) -> None:
-        await self._drop_consumer()
+    async def _recreate(self, reader: asyncio.Task[None] | None, consumer: str | None) -> None:
+        await self._clean_up(reader, consumer)
         while not self._closed:
             try:
                 await self._create()
@@ -179,13 +203,25 @@ class OrderedFeed:
                 self._last_activity = time.monotonic()
                 self._reset("missed heartbeats")
 
-    async def _on_message(self, msg: Msg) -> None:
-        self._last_activity = time.monotonic()
-        headers = msg.headers
-        if headers is not None and headers.get(STATUS) == CONTROL_STATUS:
-            await self._on_control(msg, headers)
+    async def _read(self, sub: WireSubscriber) -> None:
+        """Hand the subscription's deliveries to the handler until it is replaced or lost."""
+        try:
+            while True:
+                batch = await sub.next_batch()
+                self._last_activity = time.monotonic()
+                for delivery in batch:
+                    if sub is not self._sub:
+                        return
+                    await self._on_delivery(sub, delivery)
+        except WireError as err:
+            if sub is self._sub:
+                self._reset(str(err))
+
+    async def _on_delivery(self, sub: WireSubscriber, delivery: Delivery) -> None:
+        if delivery.headers.startswith(CONTROL_STATUS):
+            self._on_control(sub, delivery)
             return
-        sequences = ack_sequences(msg.reply)
+        sequences = ack_sequences(delivery.reply)
         if sequences is None:
             return
         stream_seq, consumer_seq, pending = sequences
@@ -196,16 +232,17 @@ class OrderedFeed:
         if stream_seq < self.next_seq:
             return
         self.next_seq = stream_seq + 1
-        await self._handler(stream_seq, msg.subject, msg.data, pending)
+        await self._handler(stream_seq, delivery.subject.decode(), delivery.payload, pending)
 
-    async def _on_control(self, msg: Msg, headers: dict[str, str]) -> None:
+    def _on_control(self, sub: WireSubscriber, delivery: Delivery) -> None:
         """Flow control wants an empty reply; a heartbeat says how far the consumer got."""
-        if msg.reply:
-            await self._nc.publish(msg.reply)
+        if delivery.reply:
+            sub.publish_empty(delivery.reply)
             return
-        stalled = headers.get(CONSUMER_STALLED)
+        fields = header_fields(delivery.headers)
+        stalled = fields.get(CONSUMER_STALLED)
         if stalled:
-            await self._nc.publish(stalled)
-        last = headers.get(LAST_CONSUMER)
+            sub.publish_empty(stalled)
+        last = fields.get(LAST_CONSUMER)
         if last is not None and last.isdigit() and int(last) != self._consumer_seq:
-            self._reset(f"heartbeat says consumer sequence {last}, we have {self._consumer_seq}")
+            self._reset(f"heartbeat says consumer sequence {last.decode()}, we have {self._consumer_seq}")

@@ -1,0 +1,142 @@
+"""The lean subscriber connection against a real nats-server: whole messages, back-pressure, credentials, loss."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx
+import nats
+import pytest
+from support.natsproc import StoppableNatsServer
+from support.net import free_port
+
+from stream.upstream import ack_sequences, header_fields
+from stream.wire import MAX_PARSED_BYTES, Delivery, WireError, WireSubscriber
+from telemetry.natsserver import LocalNatsServer
+
+
+async def gather(subscriber: WireSubscriber, count: int) -> list[Delivery]:
+    """Take batches until ``count`` deliveries have come."""
+    deliveries: list[Delivery] = []
+    while len(deliveries) < count:
+        deliveries.extend(await subscriber.next_batch())
+    return deliveries
+
+
+class AuthNatsServer(StoppableNatsServer):
+    """A nats-server that wants credentials: ``--user``/``--pass`` or ``--auth`` (a token)."""
+
+    def __init__(self, tmp_path: Path, *auth: str) -> None:
+        super().__init__(port=free_port(), monitor_port=free_port(), store_dir=tmp_path / "nats-store")
+        self.auth = list(auth)
+
+    def command(self) -> list[str]:
+        return [*super().command(), *self.auth]
+
+
+async def test_every_message_arrives_whole_and_in_order_whatever_its_size_headers_or_reply(
+    nats_server: LocalNatsServer,
+) -> None:
+    subject = f"wire.{uuid.uuid4().hex}"
+    subscriber = await WireSubscriber.open(urlparse(nats_server.url), f"{subject}.>", name="test")
+    nc = await nats.connect(nats_server.url)
+    sizes = [0, 1, 100, 70_000, 300_000, 5, 1_000_000 - 200]  # larger ones span many socket reads
+    sent = []
+    try:
+        for round_ in range(30):
+            for index, size in enumerate(sizes):
+                payload = bytes([65 + (round_ + index) % 26]) * size
+                target, reply = f"{subject}.m{round_}.{index}", f"reply.{round_}.{index}" if index % 2 else ""
+                headers = {"Nats-Msg-Id": f"id-{round_}-{index}"} if index % 3 else None
+                await nc.publish(target, payload, reply=reply, headers=headers)
+                sent.append((target, reply, headers, payload))
+        await nc.flush()
+        received = await gather(subscriber, len(sent))
+    finally:
+        subscriber.close()
+        await nc.close()
+    assert len(received) == len(sent)
+    for delivery, (target, reply, headers, payload) in zip(received, sent, strict=True):
+        assert delivery.subject == target.encode()
+        assert delivery.reply == reply.encode()
+        assert delivery.payload == payload
+        if headers:
+            assert header_fields(delivery.headers) == {b"Nats-Msg-Id": headers["Nats-Msg-Id"].encode()}
+        else:
+            assert delivery.headers == b""
+
+
+async def test_a_reader_that_falls_behind_stops_reading_and_loses_nothing(nats_server: LocalNatsServer) -> None:
+    subject, name = f"wire.{uuid.uuid4().hex}", f"behind-{uuid.uuid4().hex}"
+    subscriber = await WireSubscriber.open(urlparse(nats_server.url), subject, name=name)
+    nc = await nats.connect(nats_server.url)
+    count, size = 10_000, 4096  # 40 MB: ten times what the subscriber parses ahead of its reader
+    try:
+        for index in range(count):
+            await nc.publish(subject, index.to_bytes(4, "big") * (size // 4))
+        await nc.flush()
+        await server_has_sent(nats_server, name, count)  # the loop ran meanwhile, ready to parse it all
+        first = await subscriber.next_batch()
+        received = first + await gather(subscriber, count - len(first))
+    finally:
+        subscriber.close()
+        await nc.close()
+    assert sum(len(delivery.payload) for delivery in first) <= MAX_PARSED_BYTES + 256 * 1024
+    assert [int.from_bytes(delivery.payload[:4], "big") for delivery in received] == list(range(count))
+
+
+async def server_has_sent(server: LocalNatsServer, name: str, count: int) -> None:
+    """Wait until the server has queued ``count`` messages to the connection called ``name`` (its /connz)."""
+    async with httpx.AsyncClient() as client, asyncio.timeout(30):
+        while True:
+            connz = (await client.get(f"http://{server.host}:{server.monitor_port}/connz")).json()
+            if any(c.get("name") == name and c["out_msgs"] >= count for c in connz["connections"] or []):
+                return
+            await asyncio.sleep(0.02)
+
+
+@pytest.mark.parametrize(
+    ("auth", "good", "bad"),
+    [
+        (("--user", "dash", "--pass", "s3cret"), "dash:s3cret@", "dash:wrong@"),
+        (("--auth", "t0ken"), "t0ken@", "other@"),
+    ],
+    ids=["user-password", "token"],
+)
+async def test_credentials_in_the_url_are_presented_and_wrong_ones_refused(
+    tmp_path: Path, auth: tuple[str, ...], good: str, bad: str
+) -> None:
+    server = AuthNatsServer(tmp_path, *auth)
+    server.start()
+    try:
+        url = f"nats://{good}{server.host}:{server.port}"
+        subscriber = await WireSubscriber.open(urlparse(url), "secured", name="test")
+        nc = await nats.connect(url)
+        await nc.publish("secured", b"ok")
+        await nc.flush()
+        assert [delivery.payload for delivery in await gather(subscriber, 1)] == [b"ok"]
+        subscriber.close()
+        await nc.close()
+        with pytest.raises(WireError, match="Authorization Violation"):
+            await WireSubscriber.open(urlparse(f"nats://{bad}{server.host}:{server.port}"), "secured", name="test")
+    finally:
+        server.stop()
+
+
+async def test_a_refused_or_lost_connection_is_a_wire_error(own_nats: StoppableNatsServer, unused_port: int) -> None:
+    with pytest.raises(WireError, match="cannot connect"):
+        await WireSubscriber.open(urlparse(f"nats://127.0.0.1:{unused_port}"), "x", name="test")
+    subscriber = await WireSubscriber.open(urlparse(own_nats.url), "x", name="test")
+    own_nats.stop()
+    with pytest.raises(WireError, match="connection"):
+        await subscriber.next_batch()
+
+
+def test_jetstream_ack_subjects_give_stream_sequence_consumer_sequence_and_pending() -> None:
+    assert ack_sequences(b"$JS.ACK.TELEMETRY.c1.1.812.3.1764230400000000000.42") == (812, 3, 42)
+    assert ack_sequences(b"$JS.ACK.hub.ACCHASH.TELEMETRY.c1.1.812.3.1764230400000000000.42.tok") == (812, 3, 42)
+    assert ack_sequences(b"reply.1.2") is None
+    assert ack_sequences(b"") is None
