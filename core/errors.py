@@ -43,6 +43,10 @@ class ApiError(Exception):
             error["details"] = self.details
         return {"error": error}
 
+    def response(self) -> JSONResponse:
+        """The whole answer: status, JSON body and headers."""
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
 
 class InvalidParameter(ApiError):
     """A query parameter or header that cannot be used."""
@@ -70,14 +74,14 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_api_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ApiError)
-        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+        return exc.response()
 
     async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         details = [{"field": location(tuple(err["loc"][1:])), "message": err["msg"]} for err in exc.errors()]
         first = details[0]
         error = InvalidParameter(f"{first['field']}: {first['message']}", field=first["field"], details=details)
-        return JSONResponse(error.body(), status_code=error.status)
+        return error.response()
 
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)

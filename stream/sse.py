@@ -1,8 +1,8 @@
 """``GET /v1/stream``: topic patterns in, Server-Sent Events out, resumable with ``Last-Event-ID``.
 
-``EventStream`` is a plain ASGI endpoint: stream/app.py serves it in front of FastAPI's routing and
-middleware, whose per-message wrappers of ``send`` would cost more than the write of an event itself.
-The FastAPI route below documents it in the OpenAPI schema and serves it the same way if reached.
+``EventStream`` is a plain ASGI endpoint served in front of FastAPI's routing and middleware
+(core/frontroutes.py), whose per-message wrappers of ``send`` would cost more than the write of an
+event itself. The FastAPI route below documents it in the OpenAPI schema.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from typing import Annotated
 import nats.errors
 import structlog
 from fastapi import APIRouter, Header, Query, Response
-from fastapi.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
 from core.errors import ApiError, ServiceUnavailable
+from core.frontroutes import ServedBy
 from core.readings import control_frame, retry_frame
 from core.settings import Settings
 from stream.connection import Connection
@@ -55,7 +55,7 @@ class EventStream:
                 return
             plan = await self._plan(request.resume_after)
         except ApiError as err:
-            await JSONResponse(err.body(), status_code=err.status, headers=err.headers)(scope, receive, send)
+            await err.response()(scope, receive, send)
             return
         await self._serve(request, plan, receive, send)
 
@@ -146,17 +146,6 @@ def refused_stream(reason: str, retry_ms: int) -> Response:
     return Response(body, headers=headers, media_type="text/event-stream")
 
 
-class _Served(Response):
-    """Hands the request to the ASGI endpoint when FastAPI's route is what reached it."""
-
-    def __init__(self, endpoint: EventStream) -> None:
-        self.endpoint = endpoint
-        self.background = None
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.endpoint(scope, receive, send)
-
-
 def events_router(endpoint: EventStream) -> APIRouter:
     """The documented route of the SSE endpoint (its parameters, for /docs)."""
     router = APIRouter(tags=["stream"])
@@ -188,6 +177,6 @@ def events_router(endpoint: EventStream) -> APIRouter:
             str | None, Header(alias="Last-Event-ID", description="Sent by EventSource when it reconnects")
         ] = None,
     ) -> Response:
-        return _Served(endpoint)
+        return ServedBy(endpoint)
 
     return router

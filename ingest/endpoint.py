@@ -1,0 +1,114 @@
+"""``POST /v1/readings``: validate the whole request, check the devices' rates, publish it, and answer
+once JetStream acknowledged every reading.
+
+``ReadingsEndpoint`` is a plain ASGI endpoint served in front of FastAPI's middleware and routing
+(core/frontroutes.py); the FastAPI route below documents it in the OpenAPI schema.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.requests import Request
+from starlette.types import Receive, Scope, Send
+
+from core.errors import ApiError, ServiceUnavailable
+from core.frontroutes import ServedBy
+from core.readings import Reading
+from core.settings import Settings
+from ingest.body import BodyFormat
+from ingest.metrics import IngestMetrics
+from ingest.parse import read_readings
+from ingest.publisher import Publisher, Stored
+from ingest.ratelimit import DeviceRateLimiter, device_counts
+
+
+class Accepted(BaseModel):
+    """The 202 answer: one result per reading, in request order (also for a single reading)."""
+
+    results: list[Stored]
+
+
+class ReadingsEndpoint:
+    """The ASGI endpoint: the raw request in, one JSON answer out (202, or an error naming the field)."""
+
+    def __init__(
+        self, settings: Settings, publisher: Publisher, limiter: DeviceRateLimiter | None, metrics: IngestMetrics
+    ) -> None:
+        self.settings = settings
+        self.publisher = publisher
+        self.limiter = limiter
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = await self.respond(Request(scope, receive))
+        await response(scope, receive, send)
+
+    async def respond(self, request: Request) -> JSONResponse:
+        """Read, check and store the request's readings; every failure is answered, none raised."""
+        try:
+            stored = await self.store(await read_readings(request, self.settings))
+        except ApiError as err:
+            self.metrics.answered(err.status)
+            return err.response()
+        except Exception:
+            self.metrics.answered(500)
+            raise
+        self.metrics.answered(202)
+        results = [{"topic": s.topic, "seq": s.seq, "duplicate": s.duplicate} for s in stored]
+        return JSONResponse({"results": results}, status_code=202)
+
+    async def store(self, readings: list[Reading]) -> list[Stored]:
+        """Publish all or nothing; a device over its rate, or an unavailable JetStream, costs the device nothing."""
+        if self.limiter is None:
+            return await self.publisher.publish(readings)
+        counts = device_counts(readings)
+        self.limiter.take(counts)
+        try:
+            return await self.publisher.publish(readings)
+        except ServiceUnavailable:
+            self.limiter.give_back(counts)  # nothing (or not all) was stored: the device's retry must not pay twice
+            raise
+
+
+def readings_router(endpoint: ReadingsEndpoint, max_batch: int) -> APIRouter:
+    """The documented route of the endpoint (its body and answers, for /docs)."""
+    router = APIRouter(tags=["readings"])
+
+    @router.post(
+        "/v1/readings",
+        status_code=202,
+        response_model=Accepted,
+        summary="Store one reading (an object) or a batch (a JSON array, or NDJSON); gzip accepted",
+        openapi_extra={"requestBody": request_body_schema(max_batch)},
+        responses={
+            400: {"description": "The body is not UTF-8 JSON (or NDJSON), or not valid gzip"},
+            413: {"description": "The body is larger than max_body_bytes, or max_inflated_bytes once inflated"},
+            415: {"description": "Content-Type is not JSON or NDJSON, or Content-Encoding is not gzip"},
+            422: {"description": "A reading is invalid (each listed in details), or the batch is empty or too long"},
+            429: {"description": "A device sent more than its rate; nothing stored; retry all after Retry-After"},
+            503: {"description": "JetStream unavailable or too slow; retry after Retry-After with the same ids"},
+        },
+    )
+    async def post_readings() -> ServedBy:
+        return ServedBy(endpoint)
+
+    return router
+
+
+def request_body_schema(max_batch: int) -> dict[str, Any]:
+    """The documented body: a reading, an array of readings, or NDJSON (the endpoint reads the raw body itself)."""
+    reading = Reading.model_json_schema()
+    batch = {"type": "array", "items": reading, "minItems": 1, "maxItems": max_batch}
+    lines = {
+        "type": "string",
+        "description": f"NDJSON: one reading (a JSON object as above) per line, at most {max_batch} lines",
+    }
+    content = {
+        BodyFormat.JSON.value: {"schema": {"anyOf": [reading, batch]}},
+        BodyFormat.NDJSON.value: {"schema": lines},
+    }
+    return {"required": True, "content": content}
