@@ -44,6 +44,10 @@ FULL = {
     "warmup_s": 10.0,
     "duration_s": 60.0,
     "replay_events": 100_000,
+    "storm_clients": 1000,
+    "storm_history": 1000,
+    "storm_rate": 100.0,
+    "storm_settle_s": 2.0,
 }
 QUICK = {
     "readings": 100,
@@ -58,6 +62,10 @@ QUICK = {
     "warmup_s": 1.0,
     "duration_s": 3.0,
     "replay_events": 5000,
+    "storm_clients": 50,
+    "storm_history": 200,
+    "storm_rate": 100.0,
+    "storm_settle_s": 0.5,
 }
 
 

@@ -15,11 +15,12 @@ import time
 
 from bench.fanout import FanoutResult, Publisher, Regime, fanout
 from bench.report import Report, Row, times, us
+from bench.storm import post_history, storm
 from bench.targets import Lab, Server
 from bench.workloads import fill_history, idle_memory, latency, replay
 from core.settings import Settings
 
-WORKLOADS = ("fanout", "memory", "latency", "replay")
+WORKLOADS = ("fanout", "memory", "latency", "replay", "storm")
 REGIMES: list[Regime] = ["spaced", "lockstep", "burst"]
 SLOW = {"fastapi"}  # lockstep would take minutes more; spaced and burst are its defined workloads
 SPACED_TARGET, BURST_TARGET, STARLETTE_SHARE = 1.5, 0.5, 1 / 3
@@ -317,4 +318,52 @@ class Suite:
                 f"≥ {REPLAY_TARGET_PER_S:,}/s",
                 rate >= REPLAY_TARGET_PER_S,
             )
+        )
+
+    async def storm(self) -> None:
+        """Workload 4b: history posted through ingest, then every client resumes it at once under live posts."""
+        args = self.args
+        site = f"storm{int(time.time())}"
+        log(
+            f"storm: {args.storm_clients} clients resume {args.storm_history} readings back, {args.storm_rate:g}/s live"
+        )
+        history = await post_history(self.lab.ingest_port, site, args.storm_history)
+        server = await self.lab.start_stream()
+        try:
+            result = await storm(
+                server,
+                self.lab.ingest_port,
+                site,
+                history,
+                clients=args.storm_clients,
+                rate_per_s=args.storm_rate,
+                settle_s=args.storm_settle_s,
+            )
+        finally:
+            self.lab.stop(server)
+        deliveries = result.clients * (result.history + result.posted)
+        log(
+            f"  all live after {result.seconds_to_live:.2f} s; gaps {result.gaps}, duplicates {result.duplicates}; "
+            f"stream CPU {result.server_cpu_s / max(1, deliveries) * 1e6:.1f} µs/event"
+        )
+        label = f"storm, {result.clients} clients resume {result.history} back"
+        reference = await self.ceiling_reference()
+        live = f"{result.seconds_to_live:.2f} s" + (f" ({result.not_live} never live)" if result.not_live else "")
+        self.report.add(Row(f"{label}: all live", live, reference, "", "(report)", result.not_live == 0))
+        lost = result.gaps + result.duplicates + result.disordered
+        self.report.add(
+            Row(
+                f"{label}: gaps / duplicates",
+                f"{result.gaps} / {result.duplicates}"
+                + (f", {result.disordered} out of order" if result.disordered else ""),
+                f"{deliveries:,} events",
+                "",
+                "= 0",
+                lost == 0 and not result.ended,
+            )
+        )
+        self.report.note(
+            f"storm: {result.posted} readings posted during it ({result.post_failures} failed), "
+            f"stream CPU {result.server_cpu_s:.2f} s for {deliveries:,} deliveries"
+            + (f"; {len(result.ended)} streams ended early, e.g. {result.ended[0]}" if result.ended else "")
         )
