@@ -124,23 +124,16 @@ def stored_payloads(readings: Sequence[Reading], received_at: datetime) -> list[
     return [(reading.topic, _stored(reading, received)) for reading in readings]
 
 
-def event_data(seq: int, payload: bytes) -> bytes | None:
-    """The ``data:`` of an event: the stored JSON with its stream sequence in front.
+def event_frame(seq: int, payload: bytes) -> bytes | None:
+    """The complete SSE frame of a stored reading, encoded once and written to every subscriber.
 
-    Splices ``"seq"`` into the stored object rather than decoding and encoding it again. Returns None
-    for a payload that is not one of ours (not a JSON object, or one that would break an SSE line).
+    ``data:`` is the stored JSON with its stream sequence spliced in front (``{"seq":N,...``) rather
+    than decoded and encoded again. None for a payload that is not one of ours (not a JSON object,
+    or one that would break an SSE line).
     """
     if not payload.startswith(b'{"') or b"\n" in payload or b"\r" in payload:
         return None
-    return b'{"seq":%d,%s' % (seq, payload[1:])
-
-
-def event_frame(seq: int, payload: bytes) -> bytes | None:
-    """The complete SSE frame of a stored reading, encoded once and written to every subscriber."""
-    data = event_data(seq, payload)
-    if data is None:
-        return None
-    return b"id: %d\nevent: reading\ndata: %s\n\n" % (seq, data)
+    return b'id: %d\nevent: reading\ndata: {"seq":%d,%s\n\n' % (seq, seq, payload[1:])
 
 
 def control_frame(event: str, data: dict[str, Any]) -> bytes:

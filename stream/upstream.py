@@ -218,10 +218,11 @@ class OrderedFeed:
                 self._reset(str(err))
 
     async def _on_delivery(self, sub: WireSubscriber, delivery: Delivery) -> None:
-        if delivery.headers.startswith(CONTROL_STATUS):
-            self._on_control(sub, delivery)
+        subject, reply, headers, payload = delivery
+        if headers.startswith(CONTROL_STATUS):
+            self._on_control(sub, reply, headers)
             return
-        sequences = ack_sequences(delivery.reply)
+        sequences = ack_sequences(reply)
         if sequences is None:
             return
         stream_seq, consumer_seq, pending = sequences
@@ -232,14 +233,14 @@ class OrderedFeed:
         if stream_seq < self.next_seq:
             return
         self.next_seq = stream_seq + 1
-        await self._handler(stream_seq, delivery.subject.decode(), delivery.payload, pending)
+        await self._handler(stream_seq, subject.decode(), payload, pending)
 
-    def _on_control(self, sub: WireSubscriber, delivery: Delivery) -> None:
+    def _on_control(self, sub: WireSubscriber, reply: bytes, headers: bytes) -> None:
         """Flow control wants an empty reply; a heartbeat says how far the consumer got."""
-        if delivery.reply:
-            sub.publish_empty(delivery.reply)
+        if reply:
+            sub.publish_empty(reply)
             return
-        fields = header_fields(delivery.headers)
+        fields = header_fields(headers)
         stalled = fields.get(CONSUMER_STALLED)
         if stalled:
             sub.publish_empty(stalled)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, NamedTuple, cast
+from typing import Any, cast
 from urllib.parse import ParseResult
 
 import nats.errors
@@ -27,13 +27,9 @@ class WireError(nats.errors.Error):
     """The connection failed, was refused, or was lost (a NATS error, handled where nats-py's are)."""
 
 
-class Delivery(NamedTuple):
-    """One message as it came off the wire: raw header block (empty for MSG) and payload."""
-
-    subject: bytes
-    reply: bytes
-    headers: bytes
-    payload: bytes
+# One message as it came off the wire: (subject, reply, raw header block or b"" for MSG, payload).
+# A plain tuple: a NamedTuple's constructor cost a tenth of a replayed event's CPU.
+Delivery = tuple[bytes, bytes, bytes, bytes]
 
 
 def connect_options(url: ParseResult, name: str) -> bytes:
@@ -167,10 +163,10 @@ class WireSubscriber(asyncio.Protocol):
             if op == b"H":
                 header_end = start + int(args[-2])
                 reply = args[3] if len(args) == 6 else b""
-                parsed.append(Delivery(args[1], reply, buf[start:header_end], buf[header_end:stop]))
+                parsed.append((args[1], reply, buf[start:header_end], buf[header_end:stop]))
             else:
                 reply = args[3] if len(args) == 5 else b""
-                parsed.append(Delivery(args[1], reply, b"", buf[start:stop]))
+                parsed.append((args[1], reply, b"", buf[start:stop]))
             pos = stop + 2
         return pos
 
