@@ -26,7 +26,8 @@ class Settings(BaseSettings):
 
     # NATS and the JetStream stream
     nats_urls: Annotated[list[str], NoDecode] = Field(
-        default=["nats://127.0.0.1:4222"], description="NATS server URLs, comma separated."
+        default=["nats://127.0.0.1:4222"],
+        description="NATS server URLs, comma separated; credentials as nats://user:password@host:port or nats://token@host:port.",
     )
     nats_connect_timeout_s: float = Field(default=2.0, gt=0, description="Timeout of one connection attempt.")
     stream_name: str = Field(default="TELEMETRY", pattern=TOKEN_PATTERN, description="JetStream stream name.")
@@ -120,6 +121,10 @@ class Settings(BaseSettings):
     def _require_url(cls, value: list[str]) -> list[str]:
         if not value:
             raise ValueError("at least one NATS URL is needed")
+        for url in value:
+            scheme = url.split("://", 1)[0] if "://" in url else "nats"
+            if scheme != "nats":
+                raise ValueError(f"{url}: only nats:// URLs are supported (TLS and websockets are not, yet)")
         return value
 
     @model_validator(mode="after")

@@ -130,7 +130,11 @@ class WireSubscriber(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         buf = self._rest + data if self._rest else data
-        pos = self._parse(buf)
+        try:
+            pos = self._parse(buf)
+        except (ValueError, IndexError):
+            self._fail(WireError(f"malformed message line from the server: {buf[:80]!r}"))
+            return
         self._rest = buf[pos:]
         if len(self._rest) > MAX_CONTROL_LINE and CRLF not in self._rest[:MAX_CONTROL_LINE]:
             self._fail(WireError("protocol line too long"))
@@ -138,7 +142,8 @@ class WireSubscriber(asyncio.Protocol):
         self._parsed_bytes += len(data)
         if self._parsed and self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
-        if self._parsed_bytes > MAX_PARSED_BYTES and not self._paused and self._transport is not None:
+        # Pause only with something to take: a message larger than the limit must still arrive whole.
+        if self._parsed_bytes > MAX_PARSED_BYTES and self._parsed and not self._paused and self._transport is not None:
             self._paused = True
             self._transport.pause_reading()
 

@@ -16,6 +16,7 @@ import nats.js.errors
 import pytest
 import uvicorn
 from fastapi import FastAPI
+from support.cluster import NatsCluster
 from support.natsproc import StoppableNatsServer
 from support.net import free_port, wait_for_readyz
 
@@ -113,3 +114,12 @@ async def running(app: FastAPI, ready: bool = True, port: int = 0, http: str = "
 def serve() -> Callable[..., AbstractAsyncContextManager[str]]:
     """``async with serve(app) as url``: the app on a real socket, ready, for the block."""
     return running
+
+
+@pytest.fixture
+def nats_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
+    """A 3-node JetStream cluster of the test's own, ready for an R3 stream; every node is stopped afterwards."""
+    cluster = NatsCluster(tmp_path / "cluster")
+    cluster.start()
+    yield cluster
+    cluster.stop()

@@ -26,3 +26,9 @@ def test_duplicate_window_may_not_exceed_max_age() -> None:
 def test_stream_name_is_one_token() -> None:
     with pytest.raises(ValidationError, match="stream_name"):
         Settings(stream_name="a.b")
+
+
+@pytest.mark.parametrize("url", ["tls://nats:4222", "ws://nats:8080"])
+def test_a_nats_url_the_services_cannot_use_is_refused_at_start(url: str) -> None:
+    with pytest.raises(ValidationError, match="only nats:// URLs are supported"):
+        Settings(nats_urls=[url])

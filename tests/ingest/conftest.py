@@ -1,16 +1,14 @@
-"""Ingest fixtures: an HTTP client, a JetStream view of what was stored, and a 3-node cluster for fault tests."""
+"""Ingest fixtures: an HTTP client and a JetStream view of what was stored."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import httpx
 import nats
 import nats.js.errors
 import pytest
 from nats.js import JetStreamContext
-from support.cluster import NatsCluster
 
 from core.settings import Settings
 
@@ -28,12 +26,3 @@ async def js(settings: Settings) -> AsyncIterator[JetStreamContext]:
     nc = await nats.connect(settings.nats_urls)
     yield nc.jetstream()
     await nc.drain()
-
-
-@pytest.fixture
-def nats_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
-    """A 3-node JetStream cluster of the test's own, ready for an R3 stream; every node is stopped afterwards."""
-    cluster = NatsCluster(tmp_path / "cluster")
-    cluster.start()
-    yield cluster
-    cluster.stop()

@@ -7,21 +7,16 @@ until it is stored. Afterwards the whole stream is read back and compared with w
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
-import json
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
-import nats
-import nats.errors
 import pytest
-from nats.js import JetStreamContext
-from support.cluster import NatsCluster
+from support.cluster import PHASE_TIMEOUT_S, NatsCluster, jetstream, replicas_current, stored_ids, stream_leader
 
 from core.settings import Settings
 from ingest.app import create_app
@@ -30,7 +25,6 @@ Serve = Callable[..., AbstractAsyncContextManager[str]]
 PUBLISH_TIMEOUT_S = 1.0
 ANSWER_BOUND_S = PUBLISH_TIMEOUT_S + 1.0  # the longest any answer may take, also during a fault
 RETRY_PAUSE_S = 0.02  # a device's pause before it retries a 503 (shorter than Retry-After: more load in the window)
-PHASE_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -102,64 +96,6 @@ class Devices:
         self._stopping = True
         async with asyncio.timeout(PHASE_TIMEOUT_S):
             await asyncio.gather(*self._tasks)
-
-
-@asynccontextmanager
-async def jetstream(cluster: NatsCluster) -> AsyncIterator[JetStreamContext]:
-    """The test's own view of the cluster, reconnecting quickly when its node goes away."""
-    nc = await nats.connect(cluster.urls, reconnect_time_wait=0.1, max_reconnect_attempts=-1)
-    try:
-        yield nc.jetstream(timeout=2.0)
-    finally:
-        await nc.close()
-
-
-async def stream_leader(js: JetStreamContext, stream: str) -> str:
-    info = await js.stream_info(stream)
-    assert info.cluster is not None and info.cluster.leader is not None
-    return info.cluster.leader
-
-
-async def replicas_current(js: JetStreamContext, stream: str, size: int = 3) -> None:
-    """Poll until the stream has a leader and every other replica is online and caught up."""
-    async with asyncio.timeout(PHASE_TIMEOUT_S):
-        while True:
-            with contextlib.suppress(nats.errors.Error, TimeoutError):
-                cluster = (await js.stream_info(stream)).cluster
-                replicas = (cluster.replicas or []) if cluster is not None else []
-                if cluster is not None and cluster.leader and len(replicas) == size - 1:
-                    if all(peer.current and not peer.offline for peer in replicas):
-                        return
-            await asyncio.sleep(0.1)
-
-
-async def stored_ids(js: JetStreamContext, stream: str, subjects: str) -> dict[int, str]:
-    """Every message of the stream, read with an ordered consumer: stream sequence -> reading id.
-
-    Right after a node came back the cluster may still be moving leaders: a read that times out is
-    started again, within the phase's deadline.
-    """
-    async with asyncio.timeout(PHASE_TIMEOUT_S):
-        while True:
-            try:
-                return await read_all(js, stream, subjects)
-            except nats.errors.TimeoutError:
-                await asyncio.sleep(0.2)
-
-
-async def read_all(js: JetStreamContext, stream: str, subjects: str) -> dict[int, str]:
-    count = (await js.stream_info(stream)).state.messages
-    sub = await js.subscribe(subjects, ordered_consumer=True, stream=stream)
-    stored: dict[int, str] = {}
-    try:
-        for _ in range(count):
-            message = await sub.next_msg(timeout=5.0)
-            assert message.headers is not None and message.data is not None
-            assert json.loads(message.data)["id"] == message.headers["Nats-Msg-Id"]
-            stored[message.metadata.sequence.stream] = message.headers["Nats-Msg-Id"]
-    finally:
-        await sub.unsubscribe()
-    return stored
 
 
 def check_every_answer(answers: list[Answer]) -> None:

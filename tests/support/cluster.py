@@ -8,14 +8,21 @@ JetStream is enabled and every one of them sees the same meta leader with the wh
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import os
 import signal
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
+import nats
+import nats.errors
+from nats.js import JetStreamContext
 from support.natsproc import StoppableNatsServer
 from support.net import free_port
 
@@ -24,6 +31,7 @@ from telemetry.natsserver import NatsServerError, nats_server_binary
 CLUSTER_NAME = "telemetry-test"
 READY_TIMEOUT_S = 30.0
 POLL_S = 0.05
+PHASE_TIMEOUT_S = 30.0  # the longest one phase of a fault test may take
 
 
 class ClusterNode(StoppableNatsServer):
@@ -138,3 +146,61 @@ class NatsCluster:
         for node in self.nodes:
             node.resume()
             node.stop()
+
+
+@asynccontextmanager
+async def jetstream(cluster: NatsCluster) -> AsyncIterator[JetStreamContext]:
+    """The test's own view of the cluster, reconnecting quickly when its node goes away."""
+    nc = await nats.connect(cluster.urls, reconnect_time_wait=0.1, max_reconnect_attempts=-1)
+    try:
+        yield nc.jetstream(timeout=2.0)
+    finally:
+        await nc.close()
+
+
+async def stream_leader(js: JetStreamContext, stream: str) -> str:
+    info = await js.stream_info(stream)
+    assert info.cluster is not None and info.cluster.leader is not None
+    return info.cluster.leader
+
+
+async def replicas_current(js: JetStreamContext, stream: str, size: int = 3) -> None:
+    """Poll until the stream has a leader and every other replica is online and caught up."""
+    async with asyncio.timeout(PHASE_TIMEOUT_S):
+        while True:
+            with contextlib.suppress(nats.errors.Error, TimeoutError):
+                cluster = (await js.stream_info(stream)).cluster
+                replicas = (cluster.replicas or []) if cluster is not None else []
+                if cluster is not None and cluster.leader and len(replicas) == size - 1:
+                    if all(peer.current and not peer.offline for peer in replicas):
+                        return
+            await asyncio.sleep(0.1)
+
+
+async def stored_ids(js: JetStreamContext, stream: str, subjects: str) -> dict[int, str]:
+    """Every message of the stream, read with an ordered consumer: stream sequence -> reading id.
+
+    Right after a node came back the cluster may still be moving leaders: a read that times out is
+    started again, within the phase's deadline.
+    """
+    async with asyncio.timeout(PHASE_TIMEOUT_S):
+        while True:
+            try:
+                return await read_all(js, stream, subjects)
+            except nats.errors.TimeoutError:
+                await asyncio.sleep(0.2)
+
+
+async def read_all(js: JetStreamContext, stream: str, subjects: str) -> dict[int, str]:
+    count = (await js.stream_info(stream)).state.messages
+    sub = await js.subscribe(subjects, ordered_consumer=True, stream=stream)
+    stored: dict[int, str] = {}
+    try:
+        for _ in range(count):
+            message = await sub.next_msg(timeout=5.0)
+            assert message.headers is not None and message.data is not None
+            assert json.loads(message.data)["id"] == message.headers["Nats-Msg-Id"]
+            stored[message.metadata.sequence.stream] = message.headers["Nats-Msg-Id"]
+    finally:
+        await sub.unsubscribe()
+    return stored
