@@ -16,7 +16,15 @@ from typing import Any
 
 import httpx
 import pytest
-from support.cluster import PHASE_TIMEOUT_S, NatsCluster, jetstream, replicas_current, stored_ids, stream_leader
+from support.cluster import (
+    PHASE_TIMEOUT_S,
+    BackgroundWriters,
+    NatsCluster,
+    jetstream,
+    replicas_current,
+    stored_ids,
+    stream_leader,
+)
 
 from core.settings import Settings
 from ingest.app import create_app
@@ -62,40 +70,25 @@ async def post_until_stored(client: httpx.AsyncClient, url: str, ids: list[str])
     return answers
 
 
-class Devices:
+class Devices(BackgroundWriters):
     """Concurrent devices posting batches of new ids for as long as the test runs."""
 
     def __init__(self, url: str, devices: int, batch_size: int) -> None:
+        super().__init__()
         self.url = url
         self.batch_size = batch_size
         self.answers: list[Answer] = []
-        self.stored = 0
-        self._stored_changed = asyncio.Condition()
-        self._stopping = False
-        self._tasks = [asyncio.create_task(self._device(number)) for number in range(devices)]
+        self.run(*(self._device(number) for number in range(devices)))
 
     async def _device(self, number: int) -> None:
         async with httpx.AsyncClient(timeout=10.0) as client:
             for sent in itertools.count():
-                if self._stopping:
+                if self.stopping:
                     return
                 ids = [f"dev{number}-{sent}-{n}" for n in range(self.batch_size)]
                 answers = await post_until_stored(client, self.url, ids)
                 self.answers.extend(answers)
-                async with self._stored_changed:
-                    self.stored += len(ids)
-                    self._stored_changed.notify_all()
-
-    async def stored_at_least(self, count: int) -> None:
-        """Wait until the devices got 202 for ``count`` readings in all."""
-        async with asyncio.timeout(PHASE_TIMEOUT_S), self._stored_changed:
-            await self._stored_changed.wait_for(lambda: self.stored >= count)
-
-    async def stop(self) -> None:
-        """Let every device finish its batch (until it is stored), then stop."""
-        self._stopping = True
-        async with asyncio.timeout(PHASE_TIMEOUT_S):
-            await asyncio.gather(*self._tasks)
+                await self.count_stored(len(ids))
 
 
 def check_every_answer(answers: list[Answer]) -> None:

@@ -18,7 +18,15 @@ import nats.errors
 import pytest
 from httpx_sse import ServerSentEvent
 from nats.js import JetStreamContext
-from support.cluster import PHASE_TIMEOUT_S, NatsCluster, jetstream, replicas_current, stored_ids, stream_leader
+from support.cluster import (
+    PHASE_TIMEOUT_S,
+    BackgroundWriters,
+    NatsCluster,
+    jetstream,
+    replicas_current,
+    stored_ids,
+    stream_leader,
+)
 from support.sse import Serve, events
 
 from core.readings import Reading, stored_payload
@@ -29,22 +37,20 @@ from stream.app import create_app
 FEED_CONNECTION = "stream-live"  # the name the live feed's own NATS connection gives itself
 
 
-class Publisher:
+class Publisher(BackgroundWriters):
     """Stores readings one after another; each is retried with its id until acknowledged, as a device would."""
 
     def __init__(self, js: JetStreamContext, settings: Settings) -> None:
+        super().__init__()
         self.js = js
         self.settings = settings
-        self.stored = 0
-        self._numbers = itertools.count()
-        self._stopping = False
-        self._stored_changed = asyncio.Condition()
-        self._task = asyncio.create_task(self._run())
+        self.run(self._publish())
 
-    async def _run(self) -> None:
+    async def _publish(self) -> None:
         subjects = Subjects(self.settings.subject_prefix)
-        while not self._stopping:
-            number = next(self._numbers)
+        for number in itertools.count():
+            if self.stopping:
+                return
             reading = Reading(site="plant", device=f"d{number % 5}", metric="m", value=number, id=f"r{number}")
             payload = stored_payload(reading, datetime.now(UTC))
             while True:
@@ -59,18 +65,7 @@ class Publisher:
                     break
                 except (nats.errors.Error, TimeoutError):
                     await asyncio.sleep(0.05)
-            async with self._stored_changed:
-                self.stored += 1
-                self._stored_changed.notify_all()
-
-    async def stored_at_least(self, count: int) -> None:
-        async with asyncio.timeout(PHASE_TIMEOUT_S), self._stored_changed:
-            await self._stored_changed.wait_for(lambda: self.stored >= count)
-
-    async def stop(self) -> None:
-        self._stopping = True
-        async with asyncio.timeout(PHASE_TIMEOUT_S):
-            await self._task
+            await self.count_stored(1)
 
 
 @pytest.mark.parametrize("victim", ["the live feed's server", "stream leader"])

@@ -14,7 +14,7 @@ import json
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -204,3 +204,34 @@ async def read_all(js: JetStreamContext, stream: str, subjects: str) -> dict[int
     finally:
         await sub.unsubscribe()
     return stored
+
+
+class BackgroundWriters:
+    """Tasks that store readings for as long as a fault test runs, counting what was acknowledged."""
+
+    def __init__(self) -> None:
+        self.stored = 0
+        self.stopping = False
+        self._stored_changed = asyncio.Condition()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def run(self, *writers: Coroutine[Any, Any, None]) -> None:
+        """Start the writers; each stops once ``stopping`` is set and its current write is stored."""
+        self._tasks += [asyncio.create_task(writer) for writer in writers]
+
+    async def count_stored(self, readings: int) -> None:
+        """A writer's readings were acknowledged."""
+        async with self._stored_changed:
+            self.stored += readings
+            self._stored_changed.notify_all()
+
+    async def stored_at_least(self, count: int) -> None:
+        """Wait until ``count`` readings in all were acknowledged."""
+        async with asyncio.timeout(PHASE_TIMEOUT_S), self._stored_changed:
+            await self._stored_changed.wait_for(lambda: self.stored >= count)
+
+    async def stop(self) -> None:
+        """Let every writer finish what it is storing, then stop."""
+        self.stopping = True
+        async with asyncio.timeout(PHASE_TIMEOUT_S):
+            await asyncio.gather(*self._tasks)
