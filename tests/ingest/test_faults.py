@@ -21,6 +21,7 @@ from support.cluster import (
     BackgroundWriters,
     NatsCluster,
     jetstream,
+    kill_and_restart,
     replicas_current,
     stored_ids,
     stream_leader,
@@ -131,11 +132,7 @@ async def test_a_node_killed_under_load_loses_no_acknowledged_reading(
                 node = nats_cluster.node(await stream_leader(js, settings.stream_name))
             else:
                 node = nats_cluster.serving("ingest")
-            node.kill()
-            await devices.stored_at_least(devices.stored + 800)  # the cluster goes on with two nodes of three
-            await asyncio.to_thread(node.start)
-            await replicas_current(js, settings.stream_name)
-            await devices.stored_at_least(devices.stored + 400)
+            await kill_and_restart(node, js, settings.stream_name, devices, readings=600)
         finally:
             await devices.stop()
         stored = await stored_ids(js, settings.stream_name, f"{settings.subject_prefix}.>")

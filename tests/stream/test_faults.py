@@ -23,7 +23,7 @@ from support.cluster import (
     BackgroundWriters,
     NatsCluster,
     jetstream,
-    replicas_current,
+    kill_and_restart,
     stored_ids,
     stream_leader,
 )
@@ -92,11 +92,7 @@ async def test_a_node_killed_under_load_costs_a_dashboard_no_reading(
                 node = nats_cluster.node(await stream_leader(js, settings.stream_name))
             else:
                 node = nats_cluster.serving(FEED_CONNECTION)
-            node.kill()
-            await publisher.stored_at_least(publisher.stored + 300)  # the cluster goes on with two nodes of three
-            await asyncio.to_thread(node.start)
-            await replicas_current(js, settings.stream_name)
-            await publisher.stored_at_least(publisher.stored + 300)
+            await kill_and_restart(node, js, settings.stream_name, publisher, readings=300)
         finally:
             await publisher.stop()
         stored = await stored_ids(js, settings.stream_name, f"{settings.subject_prefix}.>")

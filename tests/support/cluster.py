@@ -235,3 +235,15 @@ class BackgroundWriters:
         self.stopping = True
         async with asyncio.timeout(PHASE_TIMEOUT_S):
             await asyncio.gather(*self._tasks)
+
+
+async def kill_and_restart(
+    node: ClusterNode, js: JetStreamContext, stream: str, writers: BackgroundWriters, readings: int
+) -> None:
+    """SIGKILL ``node``; once ``readings`` more are stored on the other two, start it again, wait until the
+    stream's replicas are current, and let ``readings`` more be stored."""
+    node.kill()
+    await writers.stored_at_least(writers.stored + readings)  # the cluster goes on with two nodes of three
+    await asyncio.to_thread(node.start)
+    await replicas_current(js, stream)
+    await writers.stored_at_least(writers.stored + readings)
