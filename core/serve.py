@@ -9,7 +9,9 @@ import uvicorn
 from fastapi import FastAPI
 
 
-def server_config(app: FastAPI, host: str, port: int, graceful_s: float, http: str = "auto") -> uvicorn.Config:
+def server_config(
+    app: FastAPI, host: str, port: int, graceful_s: float, forwarded_allow_ips: str, http: str = "auto"
+) -> uvicorn.Config:
     """uvicorn settings: our own JSON logs (no access log), uvloop, httptools, bounded graceful shutdown.
 
     ``http="h11"`` is for the tests of the paths that do not depend on httptools.
@@ -25,6 +27,8 @@ def server_config(app: FastAPI, host: str, port: int, graceful_s: float, http: s
         lifespan="on",
         timeout_graceful_shutdown=max(1, round(graceful_s)),
         server_header=False,
+        proxy_headers=True,
+        forwarded_allow_ips=forwarded_allow_ips,
     )
 
 
@@ -45,7 +49,7 @@ class DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def serve(app: FastAPI, host: str, port: int, graceful_s: float) -> None:
+def serve(app: FastAPI, host: str, port: int, graceful_s: float, forwarded_allow_ips: str) -> None:
     """Serve until SIGINT/SIGTERM; blocks. ``app.state.on_shutdown_signal``, if set, runs at the first signal."""
     on_signal = getattr(app.state, "on_shutdown_signal", None)
-    DrainingServer(server_config(app, host, port, graceful_s), on_signal).run()
+    DrainingServer(server_config(app, host, port, graceful_s, forwarded_allow_ips), on_signal).run()

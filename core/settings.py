@@ -48,6 +48,13 @@ class Settings(BaseSettings):
     ingest_port: int = Field(default=8000, ge=0, le=65535, description="Port of the ingest service.")
     stream_host: str = Field(default="127.0.0.1", description="Address the stream service listens on.")
     stream_port: int = Field(default=8001, ge=0, le=65535, description="Port of the stream service.")
+    forwarded_allow_ips: str = Field(
+        default="127.0.0.1",
+        description=(
+            "Proxies (IPs or CIDRs, comma separated; * for any) whose X-Forwarded-For is trusted: "
+            "per-client limits then see the real client behind them."
+        ),
+    )
 
     # Ingest limits
     max_body_bytes: int = Field(default=1 << 20, gt=0, description="Largest accepted request body.")

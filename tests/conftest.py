@@ -86,7 +86,9 @@ def settings(make_settings: Callable[..., Settings]) -> Settings:
 
 
 @asynccontextmanager
-async def running(app: FastAPI, ready: bool = True, port: int = 0, http: str = "auto") -> AsyncIterator[str]:
+async def running(
+    app: FastAPI, ready: bool = True, port: int = 0, http: str = "auto", forwarded_allow_ips: str = "127.0.0.1"
+) -> AsyncIterator[str]:
     """Serve an app with uvicorn on a socket bound beforehand; yields its URL once /readyz answers 200.
 
     With ``ready=False`` it yields at once (for tests of a service that cannot become ready); with a
@@ -97,7 +99,7 @@ async def running(app: FastAPI, ready: bool = True, port: int = 0, http: str = "
     sock.bind(("127.0.0.1", port))
     sock.listen(1024)
     port = sock.getsockname()[1]
-    server = uvicorn.Server(server_config(app, "127.0.0.1", port, graceful_s=1, http=http))
+    server = uvicorn.Server(server_config(app, "127.0.0.1", port, 1, forwarded_allow_ips, http=http))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     url = f"http://127.0.0.1:{port}"
     try:

@@ -661,11 +661,16 @@ def test_network_policy_covers_the_services_only(chart: helm.Chart) -> None:
 def test_forwarded_allow_ips_reach_both_services(chart: helm.Chart) -> None:
     docs = render(chart, VALUE_SETS["everything"])
     for component in ("ingest", "stream"):
-        assert container_env(container_of(deployment(docs, component)), docs)["FORWARDED_ALLOW_IPS"] == "10.0.0.0/8"
+        assert (
+            container_env(container_of(deployment(docs, component)), docs)["TELEMETRY_FORWARDED_ALLOW_IPS"]
+            == "10.0.0.0/8"
+        )
         image = container_of(deployment(docs, component))["image"]
         assert image == "registry.example/telemetry-platform@sha256:" + "a" * 64
     plain = render(chart, EXTERNAL)
-    assert "FORWARDED_ALLOW_IPS" not in container_env(container_of(deployment(plain, "ingest")), plain)
+    assert (
+        container_env(container_of(deployment(plain, "ingest")), plain)["TELEMETRY_FORWARDED_ALLOW_IPS"] == "127.0.0.1"
+    )
 
 
 def test_notes_print_urls_and_commands(chart: helm.Chart) -> None:

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import pytest
 from support.sse import EVENT_TIMEOUT_S, Serve, events, seqs, take
 
 from core.readings import Reading, stored_payload
@@ -100,6 +101,21 @@ async def test_connection_caps_answer_200_with_retry_and_end(
     retry, end = refused.text.strip().split("\n\n")
     assert 2000 <= int(retry.removeprefix("retry: ")) <= 4000
     assert end == 'event: end\ndata: {"reason":"too_many_connections_from_client"}'
+
+
+@pytest.mark.parametrize(("trusted", "second_is_refused"), [("127.0.0.1", False), ("10.9.9.9", True)])
+async def test_per_client_cap_sees_the_client_behind_a_trusted_proxy_only(
+    make_settings: Callable[..., Settings], serve: Serve, trusted: str, second_is_refused: bool
+) -> None:
+    settings = make_settings(max_connections_per_client=1, forwarded_allow_ips=trusted)
+    behind = {"X-Forwarded-For": "203.0.113.7"}
+    async with serve(create_app(settings), forwarded_allow_ips=settings.forwarded_allow_ips) as url:
+        async with events(url, "a.b.c", headers={"X-Forwarded-For": "198.51.100.1"}), httpx.AsyncClient() as client:
+            # A second client behind the same proxy: refused only when the proxy's word is not trusted.
+            async with client.stream("GET", f"{url}/v1/stream", params={"topic": "a.b.c"}, headers=behind) as second:
+                first_bytes = await anext(second.aiter_bytes())
+    refused = b"too_many_connections_from_client" in first_bytes
+    assert refused == second_is_refused
 
 
 async def test_process_cap(make_settings: Callable[..., Settings], serve: Serve) -> None:

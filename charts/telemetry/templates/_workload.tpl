@@ -112,10 +112,6 @@ spec:
                 secretKeyRef:
                   name: {{ include "telemetry.natsSecretName" $root }}
                   key: {{ include "telemetry.natsSecretKey" $root }}
-            {{- with $root.Values.telemetry.forwardedAllowIps }}
-            - name: FORWARDED_ALLOW_IPS
-              value: {{ . | quote }}
-            {{- end }}
           livenessProbe:
             httpGet:
               path: /healthz
