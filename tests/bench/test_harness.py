@@ -1,0 +1,30 @@
+"""``make bench`` works from a clean checkout: a quick run of the replay and reconnect-storm workloads.
+
+The figures of a quick run on a loaded machine mean nothing and are not judged (speed is measured by
+``make bench``, not asserted in tests); what is checked is that the harness runs end to end against
+the real services and that the storm, as the load generator saw it, lost and doubled nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_a_quick_run_of_replay_and_storm_completes_and_the_storm_loses_nothing(tmp_path: Path) -> None:
+    report = tmp_path / "bench.json"
+    command = [sys.executable, "-m", "bench.run", "--quick", "--only", "replay,storm", "--references", ""]
+    result = subprocess.run(
+        [*command, "--json", str(report)], cwd=ROOT, capture_output=True, text=True, timeout=600, check=False
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {row["workload"]: row for row in json.loads(report.read_text())["rows"]}
+    (replay,) = [row for name, row in rows.items() if name.startswith("replay")]
+    assert replay["figure"].endswith("events/s")
+    (storm,) = [row for name, row in rows.items() if name.endswith("gaps / duplicates")]
+    assert storm["figure"] == "0 / 0", storm
+    assert storm["ok"] is True, result.stdout
