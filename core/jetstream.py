@@ -164,6 +164,11 @@ class JetStreamLink:
             self.stream_confirmed.set()
             return
 
+    def recheck_stream(self) -> None:
+        """JetStream did not answer for the stream (deleted, or electing a leader): make sure it exists again."""
+        if self.js is not None and (self._confirm_task is None or self._confirm_task.done()):
+            self._confirm_task = asyncio.create_task(self._confirm_stream(), name=f"{self.name}-stream-check")
+
     async def _on_error(self, err: Exception) -> None:
         log.warning("nats_error", error=str(err) or repr(err))
 
@@ -174,5 +179,4 @@ class JetStreamLink:
         log.info("nats_reconnected")
         for callback in self.on_reconnected:
             callback()
-        if self._confirm_task is None or self._confirm_task.done():
-            self._confirm_task = asyncio.create_task(self._confirm_stream(), name=f"{self.name}-stream-check")
+        self.recheck_stream()

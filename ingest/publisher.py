@@ -55,6 +55,13 @@ class Stored:
     duplicate: bool
 
 
+def error_of(future: asyncio.Future[PubAck]) -> BaseException | None:
+    """The exception a finished publish ended with, or None (still waiting, cancelled, or acknowledged)."""
+    if not future.done() or future.cancelled():
+        return None
+    return future.exception()
+
+
 class Publisher:
     """Publishes batches of readings on the service's JetStream link."""
 
@@ -110,6 +117,8 @@ class Publisher:
             return [Stored(topic, ack.seq, bool(ack.duplicate)) for (topic, _), ack in zip(encoded, acks, strict=True)]
         if failure is None:
             failure = self._first_error(futures) or self._timed_out(len(readings) - len(acks))
+        if any(isinstance(error_of(f), nats.js.errors.NoStreamResponseError) for f in futures):
+            self._link.recheck_stream()  # the stream may have been deleted: it is created again
         raise self._unavailable(failure, readings=readings, sent=len(futures), acked=len(acks))
 
     async def _send(
@@ -156,9 +165,7 @@ class Publisher:
     @staticmethod
     def _first_error(futures: list[asyncio.Future[PubAck]]) -> str | None:
         for future in futures:
-            if not future.done() or future.cancelled():
-                continue
-            err = future.exception()
+            err = error_of(future)
             if isinstance(err, nats.js.errors.NoStreamResponseError):
                 return "JetStream did not answer (no responders): the stream may be missing or electing a leader"
             if isinstance(err, nats.js.errors.APIError):

@@ -15,6 +15,8 @@ from collections import Counter
 
 import nats.errors
 import structlog
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from core.jetstream import JetStreamLink
 from core.readings import KEEPALIVE_FRAME, event_frame
@@ -53,6 +55,7 @@ class Hub:
         self._since_yield = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._feed: OrderedFeed | None = None
+        self._advisories: Subscription | None = None
         self._task: asyncio.Task[None] | None = None
         self._ticker: asyncio.Task[None] | None = None
         metrics.watch(lambda: (self.events_sent, self.keepalives_sent))
@@ -73,6 +76,9 @@ class Hub:
                     await task
         if self._feed is not None:
             await self._feed.close()
+        if self._advisories is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await self._advisories.unsubscribe()
         for connection in list(self.connections):
             connection.close()
 
@@ -151,6 +157,7 @@ class Hub:
             try:
                 info = await self.link.js.stream_info(settings.stream_name)
                 self.last_seq = info.state.last_seq
+                await self._watch_stream_creation()
                 self._feed = OrderedFeed(
                     self.link.nc,
                     self.link.js,
@@ -159,6 +166,8 @@ class Hub:
                     start_seq=self.last_seq + 1,
                     handler=self._on_live,
                     name="live",
+                    on_recreated=self._on_stream_recreated,
+                    stream_created=info.created,
                 )
                 await self._feed.start()
             except (TimeoutError, nats.errors.Error) as err:
@@ -168,6 +177,27 @@ class Hub:
             log.info("live_feed_started", stream=settings.stream_name, after_seq=self.last_seq)
             self.ready.set()
             return
+
+    async def _watch_stream_creation(self) -> None:
+        """JetStream announces a created stream: a deleted and recreated one is followed at once, not only
+        when the heartbeats of the old one's consumer are missed."""
+        if self._advisories is None:
+            assert self.link.nc is not None
+            subject = f"$JS.EVENT.ADVISORY.STREAM.CREATED.{self.link.settings.stream_name}"
+            self._advisories = await self.link.nc.subscribe(subject, cb=self._on_stream_created)
+
+    async def _on_stream_created(self, msg: Msg) -> None:
+        if self._feed is not None:
+            self._feed.restart("stream created")
+
+    def _on_stream_recreated(self, first_seq: int) -> None:
+        """The stream's sequences start over: every open stream is told (see Connection.stream_recreated)."""
+        self.last_seq = first_seq - 1
+        retry_ms = self.link.settings.retry_ms
+        for connection in list(self.connections):
+            if not connection.replaying:
+                self.metrics.resets.labels(reason="stream_recreated").inc()
+            connection.stream_recreated(first_seq, jittered(retry_ms))
 
     def _on_reconnected(self) -> None:
         if self._feed is not None:

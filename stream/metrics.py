@@ -44,7 +44,7 @@ class StreamMetrics:
         )
         self.resets = Counter(
             "telemetry_stream_resets",
-            "Reset events sent (requested id no longer or never stored).",
+            "Reset events sent (requested id no longer or never stored, or the stream created anew).",
             ["reason"],
             registry=self.registry,
         )

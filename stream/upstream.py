@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 
 import nats.errors
 import structlog
@@ -77,7 +78,12 @@ class OrderedFeed:
         handler: MessageHandler,
         heartbeat_s: float = 5.0,
         name: str = "feed",
+        on_recreated: Callable[[int], None] | None = None,
+        stream_created: datetime | None = None,
     ) -> None:
+        """``on_recreated`` (the live feed's): each new consumer first checks that the stream is the one
+        created at ``stream_created``; if it was deleted and created again, the feed starts over at the
+        new stream's first message and calls ``on_recreated`` with that sequence."""
         self._nc = nc
         self._js = js
         self._stream = stream
@@ -94,6 +100,8 @@ class OrderedFeed:
         self._resetting: asyncio.Task[None] | None = None
         self._monitor: asyncio.Task[None] | None = None
         self._closed = False
+        self._on_recreated = on_recreated
+        self._stream_created = stream_created
 
     async def start(self) -> int:
         """Create the consumer; returns how many matching messages it has to deliver right now."""
@@ -138,6 +146,8 @@ class OrderedFeed:
     async def _create(self) -> int:
         """Subscribe on a connection of our own, then create the consumer that delivers to it."""
         self._consumer_seq = 0
+        if self._on_recreated is not None:
+            await self._check_incarnation(self._on_recreated)
         url = self._nc.connected_url
         if url is None or not self._nc.is_connected:
             raise WireError("not connected to NATS")
@@ -150,6 +160,17 @@ class OrderedFeed:
         self._consumer = info.name
         self._last_activity = time.monotonic()
         return info.num_pending or 0
+
+    async def _check_incarnation(self, on_recreated: Callable[[int], None]) -> None:
+        """A stream deleted and created again numbers its messages from 1 anew: follow the new one from its start."""
+        info = await self._js.stream_info(self._stream)
+        if self._stream_created is None:
+            self._stream_created = info.created
+        elif info.created != self._stream_created:
+            self._stream_created = info.created
+            self.next_seq = max(1, info.state.first_seq)
+            log.warning("stream_recreated", feed=self._name, stream=self._stream, next_seq=self.next_seq)
+            on_recreated(self.next_seq)
 
     def _detach(self) -> tuple[asyncio.Task[None] | None, str | None]:
         """Stop reading the current subscription at once; returns its reader and consumer to clean up."""

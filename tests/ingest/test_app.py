@@ -75,6 +75,23 @@ async def test_single_reading_is_stored(
     }
 
 
+async def test_a_stream_deleted_at_run_time_is_created_again(
+    settings: Settings, serve: Serve, client: httpx.AsyncClient, js: JetStreamContext
+) -> None:
+    async with serve(create_app(settings)) as url:
+        assert (await client.post(f"{url}/v1/readings", json=reading(id="r1"))).status_code == 202
+        await js.delete_stream(settings.stream_name)
+        refused = await client.post(f"{url}/v1/readings", json=reading(id="r2"))
+        assert "the stream may be missing" in error_of(refused, 503, "unavailable")["message"]
+        # The refusal made the service check the stream and create it again: a device retrying gets in.
+        async with asyncio.timeout(10):
+            while (retried := await client.post(f"{url}/v1/readings", json=reading(id="r2"))).status_code != 202:
+                error_of(retried, 503, "unavailable")
+                await asyncio.sleep(0.05)
+    assert retried.json()["results"][0]["seq"] == 1
+    assert await message_count(js, settings) == 1
+
+
 async def test_batch_is_stored_in_request_order(
     settings: Settings, serve: Serve, client: httpx.AsyncClient, js: JetStreamContext
 ) -> None:

@@ -1,13 +1,18 @@
-"""NATS goes away mid-stream and comes back: clients stay connected and miss nothing."""
+"""NATS goes away mid-stream and comes back, or the stream is created anew: clients stay connected and miss nothing."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
+from typing import Any
 
+import httpx
 import nats
+from nats.js import JetStreamContext
 from support.net import wait_for_readyz
 from support.sse import Serve, events, seqs, take
 
+from core.jetstream import ensure_stream
 from core.readings import Reading, stored_payload
 from core.settings import Settings
 from core.topics import Subjects
@@ -41,3 +46,27 @@ async def test_nats_restart_mid_stream_loses_nothing(own_nats: LocalNatsServer, 
         await wait_for_readyz(url, 200)
         after = await store(settings, [5])
         assert seqs(await take(stream, 3)) == meanwhile + after
+
+
+async def test_a_stream_deleted_and_created_again_is_followed_from_its_start(
+    settings: Settings, serve: Serve, js: JetStreamContext, publish: Any
+) -> None:
+    async with serve(create_app(settings)) as url:
+        async with events(url, "s.>") as stream:
+            old = await publish("s", "d", "m", [1.0, 2.0])
+            assert seqs(await take(stream, 2)) == old
+            await js.delete_stream(settings.stream_name)
+            await ensure_stream(js, settings)  # as the ingest service does once it finds the stream gone
+            new = await publish("s", "d", "m", [3.0, 4.0])
+            assert new == [1, 2]  # the new stream numbers from 1 again
+            reset, *readings = await take(stream, 3)
+        assert reset.event == "reset"
+        assert json.loads(reset.data) == {"reason": "stream_recreated", "first_available_id": 1}
+        assert seqs(readings) == new
+        assert [json.loads(event.data)["value"] for event in readings] == [3.0, 4.0]
+        async with httpx.AsyncClient() as client:
+            metrics = (await client.get(f"{url}/metrics")).text
+        assert 'telemetry_stream_resets_total{reason="stream_recreated"} 1.0' in metrics
+        async with events(url, "s.>", headers={"Last-Event-ID": "1"}) as resumed:
+            (after,) = await take(resumed, 1)
+        assert (after.id, json.loads(after.data)["value"]) == ("2", 4.0)
