@@ -144,18 +144,20 @@ class Connection:
             self.dirty = True
             self._mark_dirty(self)
 
-    def stream_recreated(self, first_seq: int, retry_ms: int) -> None:
+    def stream_recreated(self, first_seq: int, retry_ms: int) -> bool:
         """The stream was deleted and created again, and numbers from ``first_seq`` anew.
 
         A live client gets ``reset`` (reason ``stream_recreated``) and then the new stream's readings;
         ids before the reset belong to the old stream. A replaying client is ended instead: it resumes.
+        Returns whether a ``reset`` was sent.
         """
         if self.replaying:
             self.end("stream_recreated", retry_ms=retry_ms)
-            return
+            return False
         self.last_seq = first_seq - 1
         self._latest.clear()  # conflated readings of the old stream: never sent after the reset
         self.push(control_frame("reset", {"reason": "stream_recreated", "first_available_id": first_seq}))
+        return True
 
     def finish_replay(self) -> None:
         """Release the live frames held during the replay; those the replay already sent are dropped."""

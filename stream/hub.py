@@ -195,9 +195,8 @@ class Hub:
         self.last_seq = first_seq - 1
         retry_ms = self.link.settings.retry_ms
         for connection in list(self.connections):
-            if not connection.replaying:
+            if connection.stream_recreated(first_seq, jittered(retry_ms)):
                 self.metrics.resets.labels(reason="stream_recreated").inc()
-            connection.stream_recreated(first_seq, jittered(retry_ms))
 
     def _on_reconnected(self) -> None:
         if self._feed is not None:

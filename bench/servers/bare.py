@@ -13,14 +13,14 @@ can do per delivered event.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import resource
 from typing import cast
 
 import nats
 import uvloop
 from nats.aio.msg import Msg
+
+from bench.servers.common import reference_args
 
 HEAD = (
     b"HTTP/1.1 200 OK\r\n"
@@ -87,13 +87,7 @@ async def serve(port: int, nats_url: str, subject: str) -> None:
 
 def main() -> None:
     """Parse the flags and serve until SIGTERM."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--nats-url", required=True)
-    parser.add_argument("--subject", default="telemetry.>")
-    args = parser.parse_args()
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    args = reference_args(__doc__.splitlines()[0])
     uvloop.run(serve(args.port, args.nats_url, args.subject))
 
 

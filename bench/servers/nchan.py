@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import shutil
 from pathlib import Path
+
+from bench.procs import raise_fd_limit
 
 MODULE = Path("/usr/lib/nginx/modules/ngx_nchan_module.so")
 
@@ -72,8 +73,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--dir", type=Path, required=True)
     args = parser.parse_args()
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    hard = raise_fd_limit()
     args.dir.mkdir(parents=True, exist_ok=True)
     config = args.dir / "nginx.conf"
     config.write_text(CONFIG.format(dir=args.dir, module=MODULE, port=args.port, fds=hard))
