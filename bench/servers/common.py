@@ -65,12 +65,14 @@ class QueueFanout(Generic[Event]):
             self.queues.discard(queue)
 
 
-def serve_with_uvicorn(app: Any, port: int) -> None:
-    """uvicorn with uvloop and httptools on loopback, as the stream service runs; until SIGTERM."""
+def serve_with_uvicorn(description: str, create_app: Callable[[str, str], Any]) -> None:
+    """Parse the flags, then serve ``create_app(nats_url, subject)`` with uvicorn, uvloop and httptools on
+    loopback, as the stream service runs; until SIGTERM."""
+    args = reference_args(description)
     uvicorn.run(
-        app,
+        create_app(args.nats_url, args.subject),
         host="127.0.0.1",
-        port=port,
+        port=args.port,
         loop="uvloop",
         http="httptools",
         log_config=None,

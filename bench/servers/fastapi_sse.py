@@ -15,7 +15,7 @@ from typing import Annotated
 from fastapi import FastAPI, Query
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from bench.servers.common import QueueFanout, reference_args, serve_with_uvicorn
+from bench.servers.common import QueueFanout, serve_with_uvicorn
 
 
 def create_app(nats_url: str, subject: str) -> FastAPI:
@@ -35,11 +35,5 @@ def create_app(nats_url: str, subject: str) -> FastAPI:
     return app
 
 
-def main() -> None:
-    """Parse the flags and serve until SIGTERM."""
-    args = reference_args(__doc__.splitlines()[0])
-    serve_with_uvicorn(create_app(args.nats_url, args.subject), args.port)
-
-
 if __name__ == "__main__":
-    main()
+    serve_with_uvicorn(__doc__.splitlines()[0], create_app)
