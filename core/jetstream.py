@@ -137,7 +137,7 @@ class JetStreamLink:
                 self.nc = await nats.connect(
                     servers=self.settings.nats_urls,
                     name=self.name,
-                    connect_timeout=max(1, round(self.settings.nats_connect_timeout_s)),
+                    connect_timeout=self.settings.nats_connect_timeout_s,
                     reconnect_time_wait=RECONNECT_WAIT_S,
                     max_reconnect_attempts=-1,
                     error_cb=self._on_error,

@@ -29,7 +29,10 @@ class Settings(BaseSettings):
         default=["nats://127.0.0.1:4222"],
         description="NATS server URLs, comma separated; credentials as nats://user:password@host:port or nats://token@host:port.",
     )
-    nats_connect_timeout_s: float = Field(default=2.0, gt=0, description="Timeout of one connection attempt.")
+    # Whole seconds, as nats-py's connect_timeout takes them: a fraction is refused, not rounded.
+    nats_connect_timeout_s: int = Field(
+        default=2, ge=1, description="Timeout of one connection attempt, in whole seconds."
+    )
     stream_name: str = Field(default="TELEMETRY", pattern=TOKEN_PATTERN, description="JetStream stream name.")
     subject_prefix: str = Field(
         default="telemetry", pattern=TOKEN_PATTERN, description="First subject token; topics live under it."
@@ -60,7 +63,10 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1 << 20, gt=0, description="Largest accepted request body.")
     max_batch: int = Field(default=1000, gt=0, description="Most readings in one request.")
     publish_timeout_s: float = Field(default=5.0, gt=0, description="Longest wait for JetStream's acknowledgements.")
-    shutdown_grace_s: float = Field(default=5.0, ge=0, description="Longest wait for open requests at shutdown.")
+    # Whole seconds, as uvicorn's timeout_graceful_shutdown takes them: a fraction is refused, not rounded.
+    shutdown_grace_s: int = Field(
+        default=5, ge=1, description="Longest wait for open requests at shutdown, in whole seconds."
+    )
     retry_after_s: int = Field(default=2, ge=1, description="Retry-After sent with a 503.")
     max_inflated_bytes: int = Field(
         default=8 << 20, gt=0, description="Largest body after gzip decompression (stops decompression bombs)."
@@ -107,7 +113,11 @@ class Settings(BaseSettings):
         default=10.0, gt=0, description="How long a connection may stay over max_buffer_bytes before it is closed."
     )
     overload_retry_ms: int = Field(
-        default=5000, ge=0, description="Reconnect hint (plus jitter) for a connection refused by a cap or at drain."
+        default=5000,
+        ge=0,
+        description=(
+            "Reconnect hint for a connection refused by a cap or at drain (each gets half to all of it, at random)."
+        ),
     )
 
     # Logs

@@ -9,7 +9,6 @@ import contextlib
 import functools
 import importlib.util
 import json
-import math
 import os
 import shutil
 import signal
@@ -397,9 +396,9 @@ def test_topology_spread_selects_each_services_own_pods(chart: helm.Chart) -> No
     assert "topologySpreadConstraints" not in deployment(off, "stream")["spec"]["template"]["spec"]
 
 
-def minimum_grace(values: Doc, shutdown_grace_s: float) -> int:
-    """The chart's rule: preStop sleep, then the shutdown grace rounded up (uvicorn waits at least 1 s), then 2 s."""
-    return int(values["preStopSleepSeconds"]) + max(1, math.ceil(shutdown_grace_s)) + 2
+def minimum_grace(values: Doc, shutdown_grace_s: int) -> int:
+    """The chart's rule: preStop sleep, then the shutdown grace (whole seconds), then 2 s to close the NATS link."""
+    return int(values["preStopSleepSeconds"]) + shutdown_grace_s + 2
 
 
 @pytest.mark.parametrize("component", ["ingest", "stream"])
@@ -407,21 +406,21 @@ def test_grace_period_covers_the_pre_stop_sleep_and_the_drain(chart: helm.Chart,
     docs = render(chart, EXTERNAL)
     pod = deployment(docs, component)["spec"]["template"]["spec"]
     container = container_of(deployment(docs, component))
-    shutdown_grace_s = float(container_env(container, docs)["TELEMETRY_SHUTDOWN_GRACE_S"])
+    shutdown_grace_s = int(container_env(container, docs)["TELEMETRY_SHUTDOWN_GRACE_S"])
     sleep_s = container["lifecycle"]["preStop"]["sleep"]["seconds"]
     assert sleep_s > 0
     assert pod["terminationGracePeriodSeconds"] >= minimum_grace({"preStopSleepSeconds": sleep_s}, shutdown_grace_s)
 
     # The boundary: exactly enough renders, one second less fails, naming the values to change.
-    enough = minimum_grace({"preStopSleepSeconds": 5}, 5.0)
+    enough = minimum_grace({"preStopSleepSeconds": 5}, 5)
     render(chart, {**EXTERNAL, component: {"terminationGracePeriodSeconds": enough}})
     message = render_error(chart, {**EXTERNAL, component: {"terminationGracePeriodSeconds": enough - 1}})
     assert f"{component}.terminationGracePeriodSeconds={enough - 1} is shorter than" in message
     assert f"use at least {enough}" in message
     # A longer shutdown grace needs a longer grace period too.
-    message = render_error(chart, {**EXTERNAL, "telemetry": {"shutdownGraceS": 24.5}})
+    message = render_error(chart, {**EXTERNAL, "telemetry": {"shutdownGraceS": 24}})
     assert "terminationGracePeriodSeconds=30 is shorter than" in message
-    assert "use at least 32" in message
+    assert "use at least 31" in message
     # Without a preStop sleep there is no hook, and the minimum shrinks accordingly.
     docs = render(chart, {**EXTERNAL, component: {"preStopSleepSeconds": 0, "terminationGracePeriodSeconds": 7}})
     assert "lifecycle" not in container_of(deployment(docs, component))
@@ -794,6 +793,10 @@ def test_the_limits_of_those_failures_still_render(chart: helm.Chart) -> None:
         ({"telemetry": {"logLevel": "verbose"}}, "value must be one of"),
         ({"externalNats": {"urls": ["http://nats:4222"]}}, "does not match pattern"),
         ({"telemetry": {"stream": {"replicas": 7}}}, "maximum"),
+        # uvicorn and nats-py take whole seconds: a fraction is refused, not rounded behind the user's back.
+        ({"telemetry": {"shutdownGraceS": 24.5}}, "got number, want integer"),
+        ({"telemetry": {"natsConnectTimeoutS": 0.5}}, "got number, want integer"),
+        ({"telemetry": {"shutdownGraceS": 0}}, "minimum"),
         ({"telemetry": {"extraEnv": {"LOG_LEVEL": "debug"}}}, "does not match pattern"),
     ],
 )

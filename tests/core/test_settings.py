@@ -32,3 +32,31 @@ def test_stream_name_is_one_token() -> None:
 def test_a_nats_url_the_services_cannot_use_is_refused_at_start(url: str) -> None:
     with pytest.raises(ValidationError, match="only nats:// URLs are supported"):
         Settings(nats_urls=[url])
+
+
+WHOLE_SECONDS = ["nats_connect_timeout_s", "shutdown_grace_s"]
+
+
+@pytest.mark.parametrize("name", WHOLE_SECONDS)
+@pytest.mark.parametrize(
+    ("value", "complaint"),
+    [
+        ("2.5", "Input should be a valid integer, unable to parse string as an integer"),
+        ("0", "Input should be greater than or equal to 1"),
+    ],
+)
+def test_whole_second_settings_refuse_a_fraction_naming_the_setting(
+    name: str, value: str, complaint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """nats-py and uvicorn take whole seconds: 2.5 is refused, not rounded to something the user did not write."""
+    monkeypatch.setenv(f"TELEMETRY_{name.upper()}", value)
+    with pytest.raises(ValidationError) as refused:
+        Settings()
+    assert [(error["loc"], error["msg"]) for error in refused.value.errors()] == [((name,), complaint)]
+
+
+@pytest.mark.parametrize("name", WHOLE_SECONDS)
+def test_whole_second_settings_are_integers(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(f"TELEMETRY_{name.upper()}", "3")
+    assert getattr(Settings(), name) == 3
+    assert Settings.model_fields[name].annotation is int

@@ -175,7 +175,7 @@ Integers go through int64: Helm reads numbers as floats and would print 10737418
 {{- define "telemetry.settings" -}}
 {{- $t := .Values.telemetry -}}
 {{- $settings := dict
-  "TELEMETRY_NATS_CONNECT_TIMEOUT_S" (toString $t.natsConnectTimeoutS)
+  "TELEMETRY_NATS_CONNECT_TIMEOUT_S" (toString (int64 $t.natsConnectTimeoutS))
   "TELEMETRY_STREAM_NAME" $t.stream.name
   "TELEMETRY_SUBJECT_PREFIX" $t.stream.subjectPrefix
   "TELEMETRY_STREAM_MAX_AGE_S" (toString $t.stream.maxAgeS)
@@ -197,7 +197,7 @@ Integers go through int64: Helm reads numbers as floats and would print 10737418
   "TELEMETRY_INGEST_RATE_PER_DEVICE_PER_S" (toString $t.ingest.ratePerDevicePerS)
   "TELEMETRY_INGEST_BURST_PER_DEVICE" (toString (int64 $t.ingest.burstPerDevice))
   "TELEMETRY_INGEST_RATE_MAX_DEVICES" (toString (int64 $t.ingest.rateMaxDevices))
-  "TELEMETRY_SHUTDOWN_GRACE_S" (toString $t.shutdownGraceS)
+  "TELEMETRY_SHUTDOWN_GRACE_S" (toString (int64 $t.shutdownGraceS))
   "TELEMETRY_RETRY_AFTER_S" (toString (int64 $t.retryAfterS))
   "TELEMETRY_KEEPALIVE_S" (toString $t.sse.keepaliveS)
   "TELEMETRY_RETRY_MS" (toString (int64 $t.sse.retryMs))
@@ -227,14 +227,13 @@ Integers go through int64: Helm reads numbers as floats and would print 10737418
 
 {{/*
 telemetry.minTerminationGrace: the shortest terminationGracePeriodSeconds a component may have: its
-preStop sleep, then TELEMETRY_SHUTDOWN_GRACE_S rounded up (uvicorn waits at least 1 s), then 2 s for the
+preStop sleep, then TELEMETRY_SHUTDOWN_GRACE_S (whole seconds, as uvicorn takes it), then 2 s for the
 lifespan shutdown (closing the NATS connection) after uvicorn stops waiting.
 Call with (dict "root" $ "component" "ingest").
 */}}
 {{- define "telemetry.minTerminationGrace" -}}
 {{- $values := index .root.Values .component -}}
-{{- $grace := max 1 (ceil .root.Values.telemetry.shutdownGraceS | int) -}}
-{{- add (int $values.preStopSleepSeconds) $grace 2 -}}
+{{- add (int $values.preStopSleepSeconds) (int .root.Values.telemetry.shutdownGraceS) 2 -}}
 {{- end -}}
 
 {{/*
@@ -287,7 +286,7 @@ once, from the ConfigMap every installation has.
 {{- end -}}
 {{- $minimum := include "telemetry.minTerminationGrace" (dict "root" $ "component" $component) | int -}}
 {{- if lt (int $values.terminationGracePeriodSeconds) $minimum -}}
-{{- fail (printf "%s.terminationGracePeriodSeconds=%v is shorter than preStopSleepSeconds (%v) + telemetry.shutdownGraceS (%v, rounded up) + 2 s to close the NATS connection: the pod would be killed while draining; use at least %d" $component $values.terminationGracePeriodSeconds $values.preStopSleepSeconds $.Values.telemetry.shutdownGraceS $minimum) -}}
+{{- fail (printf "%s.terminationGracePeriodSeconds=%v is shorter than preStopSleepSeconds (%v) + telemetry.shutdownGraceS (%v) + 2 s to close the NATS connection: the pod would be killed while draining; use at least %d" $component $values.terminationGracePeriodSeconds $values.preStopSleepSeconds $.Values.telemetry.shutdownGraceS $minimum) -}}
 {{- end -}}
 {{- end -}}
 {{- if and .Values.ingress.enabled (le (float64 .Values.ingress.streamProxyTimeoutS) (float64 .Values.telemetry.sse.keepaliveS)) -}}
