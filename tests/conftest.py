@@ -2,29 +2,42 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import functools
 import itertools
-import socket
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
 import nats
 import nats.js.errors
 import pytest
-import uvicorn
-from fastapi import FastAPI
 from support.cluster import NatsCluster
 from support.natsproc import StoppableNatsServer
-from support.net import free_port, wait_for_readyz
+from support.net import free_port
+from support.server import SERVER_LOOPS, ServerLoop, running
 
-from core.serve import server_config
 from core.settings import Settings
 from telemetry.natsserver import LocalNatsServer
 
 _stream_numbers = itertools.count(1)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--fault-rounds",
+        type=int,
+        default=1,
+        help="how many times each cluster fault test kills and restarts a node (make faults: more)",
+    )
+
+
+@pytest.fixture
+def fault_rounds(request: pytest.FixtureRequest) -> int:
+    """Kills per cluster fault test: one in ``make test``, more in ``make faults``."""
+    rounds: int = request.config.getoption("--fault-rounds")
+    return rounds
 
 
 @pytest.fixture(scope="session")
@@ -85,37 +98,17 @@ def settings(make_settings: Callable[..., Settings]) -> Settings:
     return make_settings()
 
 
-@asynccontextmanager
-async def running(
-    app: FastAPI, ready: bool = True, port: int = 0, http: str = "auto", forwarded_allow_ips: str = "127.0.0.1"
-) -> AsyncIterator[str]:
-    """Serve an app with uvicorn on a socket bound beforehand; yields its URL once /readyz answers 200.
-
-    With ``ready=False`` it yields at once (for tests of a service that cannot become ready); with a
-    ``port``, a restarted service is found where its clients left it.
-    """
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port))
-    sock.listen(1024)
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(server_config(app, "127.0.0.1", port, 1, forwarded_allow_ips, http=http))
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    url = f"http://127.0.0.1:{port}"
-    try:
-        if ready:
-            await wait_for_readyz(url)
-        yield url
-    finally:
-        server.should_exit = True
-        await task
-        sock.close()
+@pytest.fixture(params=SERVER_LOOPS)
+def server_loop(request: pytest.FixtureRequest) -> ServerLoop:
+    """The event loop the services under test run on: uvloop, as in production, and asyncio's own."""
+    loop: ServerLoop = request.param
+    return loop
 
 
 @pytest.fixture
-def serve() -> Callable[..., AbstractAsyncContextManager[str]]:
-    """``async with serve(app) as url``: the app on a real socket, ready, for the block."""
-    return running
+def serve(server_loop: ServerLoop) -> Callable[..., AbstractAsyncContextManager[str]]:
+    """``async with serve(app) as url``: the app on a real socket, on a loop and thread of its own, ready."""
+    return functools.partial(running, loop=server_loop)
 
 
 @pytest.fixture

