@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
+import signal
+import sys
 import typing
 from collections.abc import Callable, Sequence
 from enum import Enum
@@ -22,6 +25,7 @@ if TYPE_CHECKING:
 
 PROG = "telemetry"
 USAGE_ERROR = 2
+BROKEN_PIPE_EXIT = 128 + signal.SIGPIPE
 DEFAULT_INGEST_URL = f"http://127.0.0.1:{Settings.model_fields['ingest_port'].default}"
 DEFAULT_STREAM_URL = f"http://127.0.0.1:{Settings.model_fields['stream_port'].default}"
 
@@ -38,7 +42,8 @@ def env_of(field: str) -> str:
     return ENV_PREFIX + field.upper()
 
 
-def _shown(value: Any) -> str:
+def shown(value: Any) -> str:
+    """A default as ``--help`` shows it, and the README's configuration table."""
     if isinstance(value, Enum):
         return str(value.value)
     if isinstance(value, list):
@@ -67,7 +72,7 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
             dest=name,
             metavar="{" + ",".join(choices) + "}" if choices else name.upper(),
             default=argparse.SUPPRESS,
-            help=f"{field.description or ''} [{env_of(name)}, default {_shown(field.default)}]".replace("%", "%%"),
+            help=f"{field.description or ''} [{env_of(name)}, default {shown(field.default)}]".replace("%", "%%"),
         )
 
 
@@ -265,9 +270,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``telemetry`` console script; returns the exit code."""
-    args = build_parser().parse_args(argv)
-    handler: Handler = args.handler
-    # The subcommand's own parser, so errors start with "telemetry run:" as argparse's own do.
-    subparser: argparse.ArgumentParser = args.parser
-    return handler(args, subparser)
+    """Entry point of the ``telemetry`` console script; returns the exit code.
+
+    Like any command line tool it ends quietly on Ctrl-C, whenever it comes: 0, as ``tail``, ``simulate`` and
+    ``run`` return when Ctrl-C stops them (before their event loop runs, and once uvicorn has drained a service,
+    it arrives here as KeyboardInterrupt). And when the reader of its output goes away (``| head``): 141, what a
+    shell reports for a process killed by SIGPIPE, which Python ignores (the write fails with BrokenPipeError).
+    """
+    try:
+        try:
+            args = build_parser().parse_args(argv)
+            handler: Handler = args.handler
+            # The subcommand's own parser, so errors start with "telemetry run:" as argparse's own do.
+            subparser: argparse.ArgumentParser = args.parser
+            return handler(args, subparser)
+        finally:
+            # Output still buffered (argparse's help, say) fails here, where it is handled, rather than at exit.
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        return 0
+    except BrokenPipeError:
+        # The interpreter flushes stdout once more at exit, which would fail again and print "Exception ignored":
+        # the recipe of Python's signal documentation (note on SIGPIPE) points stdout at /dev/null first.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return BROKEN_PIPE_EXIT

@@ -222,13 +222,17 @@ async def run_device(
             return
 
 
-async def report(stats: Stats, config: SimulationConfig, started_at: float, out: TextIO) -> None:
-    """Print the summary line every ``report_s`` seconds until cancelled."""
+async def report(stats: Stats, config: SimulationConfig, started_at: float, out: TextIO, stop: asyncio.Event) -> None:
+    """Print the summary line every ``report_s`` seconds until cancelled; if a print fails (``| head`` went away),
+    the run stops with it rather than post on unseen."""
     loop = asyncio.get_running_loop()
-    while True:
-        await asyncio.sleep(config.report_s)
-        print(stats.line(loop.time() - started_at), file=out, flush=True)
-        stats.last_error = None
+    try:
+        while True:
+            await asyncio.sleep(config.report_s)
+            print(stats.line(loop.time() - started_at), file=out, flush=True)
+            stats.last_error = None
+    finally:
+        stop.set()
 
 
 async def simulate(config: SimulationConfig, stop: asyncio.Event, out: TextIO = sys.stdout) -> Stats:
@@ -245,7 +249,7 @@ async def simulate(config: SimulationConfig, stop: asyncio.Event, out: TextIO = 
             asyncio.create_task(run_device(device, client, config, stats, stop), name=f"device-{device.name}")
             for device in make_devices(config)
         ]
-        reporter = asyncio.create_task(report(stats, config, started_at, out), name="report")
+        reporter = asyncio.create_task(report(stats, config, started_at, out, stop), name="report")
         try:
             if config.duration_s is None:
                 await stop.wait()
@@ -258,7 +262,7 @@ async def simulate(config: SimulationConfig, stop: asyncio.Event, out: TextIO = 
             for task in [*pending, reporter]:
                 task.cancel()
             await asyncio.gather(*pending, reporter, return_exceptions=True)
-        for task in devices:
+        for task in [*devices, reporter]:
             if not task.cancelled():
                 task.result()
     print(stats.line(loop.time() - started_at), file=out, flush=True)

@@ -145,12 +145,14 @@ async def follow_until(tail: Tail, stop: asyncio.Event) -> int:
         for task in (following, stopping):
             task.cancel()
         await asyncio.gather(following, stopping, return_exceptions=True)
-    # A failure other than the ones run() handles is a bug: let its traceback show.
+    # What run() does not handle goes up: BrokenPipeError (stdout's reader went away) ends the command quietly in
+    # telemetry.cli.main; anything else is a bug, and its traceback should show.
     return 0 if following.cancelled() else following.result()
 
 
 async def main(options: TailOptions) -> int:
-    """``telemetry tail``: follow until Ctrl-C (exit 0), or until the server refuses the request (exit 1)."""
+    """``telemetry tail``: follow until Ctrl-C (exit 0), until the server refuses the request (exit 1), or until
+    stdout's reader goes away (BrokenPipeError, which the command turns into exit 141)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -1,14 +1,20 @@
-"""The command line: every setting is a flag of the same name, a flag beats the environment, bad values exit 2."""
+"""The command line: every setting is a flag of the same name, a flag beats the environment, bad values exit 2,
+and every command ends quietly when its reader goes away or on Ctrl-C."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 import subprocess
 import sys
 
 import pytest
+from support.net import free_port
+from support.pipes import buffered_env, piped
 
 from core.settings import Settings
-from telemetry.cli import build_parser, build_settings, env_of, flag_of, main
+from telemetry.cli import BROKEN_PIPE_EXIT, build_parser, build_settings, env_of, flag_of, main
 
 
 def settings_for(*argv: str) -> Settings:
@@ -111,3 +117,68 @@ def test_python_dash_m_telemetry_is_the_command() -> None:
     assert finished.stderr.strip().splitlines() == [
         "telemetry stream: error: invalid settings: --retry-ms '-1': Input should be greater than or equal to 0"
     ]
+
+
+def test_output_into_a_pipe_nobody_reads_exits_141_quietly() -> None:
+    """The help of ``tail`` is still buffered when argparse is done: writing it out must fail in ``main``,
+    not in the interpreter's last flush (which prints "Exception ignored" and exits 120)."""
+    read_fd, write_fd = os.pipe()
+    os.close(read_fd)  # the reader is gone before the command writes anything
+    try:
+        finished = subprocess.run(
+            [sys.executable, "-m", "telemetry", "tail", "--help"],
+            stdout=write_fd,
+            stderr=subprocess.PIPE,
+            env=buffered_env(),
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write_fd)
+
+    assert (finished.returncode, finished.stderr) == (BROKEN_PIPE_EXIT, "")
+
+
+async def test_simulate_stops_when_its_reader_goes_away() -> None:
+    """Its reports are its only output: once nobody reads them, posting on would be unseen work."""
+    command = [sys.executable, "-m", "telemetry", "simulate", "--url", f"http://127.0.0.1:{free_port()}"]
+    async with piped(*command, "--devices", "1", "--report-s", "0.1") as simulate:
+        assert (await simulate.line()).startswith("simulate: 1 devices")
+        simulate.close_stdout()
+        assert await simulate.finish() == (BROKEN_PIPE_EXIT, "")
+
+
+# Holds the tail command in its import of telemetry.tail until stdin has a line: a Ctrl-C lands there for sure.
+STOPPED_IN_AN_IMPORT = """
+import sys
+from telemetry.cli import main
+
+def hold(event, args):
+    if event == "import" and args[0] == "telemetry.tail":
+        print("importing telemetry.tail", flush=True)
+        sys.stdin.readline()
+
+sys.addaudithook(hold)
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+async def test_ctrl_c_before_the_event_loop_runs_exits_quietly() -> None:
+    process = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-c", STOPPED_IN_AN_IMPORT, "tail", ">", "--url", f"http://127.0.0.1:{free_port()}"],
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with asyncio.timeout(60):
+            assert await process.stdout.readline() == b"importing telemetry.tail\n"  # type: ignore[union-attr]
+            process.send_signal(signal.SIGINT)
+            _, stderr = await process.communicate()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+    assert (process.returncode, stderr.decode()) == (0, "")

@@ -1,4 +1,5 @@
-"""``telemetry tail`` against a real stream service: prints readings, resumes after a drop without a gap."""
+"""``telemetry tail`` against a real stream service: prints readings, resumes after a drop without a gap, and
+ends quietly when its reader goes away or on Ctrl-C."""
 
 from __future__ import annotations
 
@@ -6,12 +7,15 @@ import asyncio
 import contextlib
 import io
 import json
+import signal
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
 import nats
 from support.net import free_port
+from support.pipes import piped
 from support.sse import Serve
 
 from core.jetstream import ensure_stream
@@ -19,6 +23,7 @@ from core.readings import Reading, stored_payload
 from core.settings import Settings
 from core.topics import Subjects
 from stream.app import create_app
+from telemetry.cli import BROKEN_PIPE_EXIT
 from telemetry.tail import Tail, TailOptions, follow_until, reading_line
 
 WAIT_S = 20.0
@@ -141,3 +146,40 @@ async def test_tail_gives_up_when_the_server_refuses_the_request(settings: Setti
             assert await tail.run() == 1
 
     assert "refused: 400" in err.getvalue()
+
+
+def tail_command(url: str) -> list[str]:
+    """The command a user types, run as ``telemetry run`` runs its children."""
+    return [sys.executable, "-m", "telemetry", "tail", ">", "--url", url, "--last-event-id", "0"]
+
+
+def only_status_lines(stderr: str) -> bool:
+    """Tail's own news, and nothing else: no traceback, no "Exception ignored" from the final flush."""
+    return all(line.startswith("tail: ") for line in stderr.splitlines())
+
+
+async def test_the_command_exits_quietly_when_its_reader_goes_away(settings: Settings, serve: Serve) -> None:
+    """``telemetry tail '>' | head -n 2``: the exit code a shell gives a process killed by SIGPIPE, no traceback."""
+    stored = await publish(settings, [20.0, 20.5])
+
+    async with serve(create_app(settings)) as url, piped(*tail_command(url)) as tail:
+        assert [seq_of(await tail.line()) for _ in stored] == stored
+        tail.close_stdout()
+        await publish(settings, [21.0])  # tail's next line has nowhere to go
+        code, stderr = await tail.finish()
+
+    assert code == BROKEN_PIPE_EXIT == 141
+    assert "connected to" in stderr
+    assert only_status_lines(stderr), stderr
+
+
+async def test_the_command_exits_quietly_on_ctrl_c(settings: Settings, serve: Serve) -> None:
+    stored = await publish(settings, [19.5])
+
+    async with serve(create_app(settings)) as url, piped(*tail_command(url)) as tail:
+        assert seq_of(await tail.line()) == stored[0]
+        tail.process.send_signal(signal.SIGINT)
+        code, stderr = await tail.finish()
+
+    assert code == 0
+    assert only_status_lines(stderr), stderr
