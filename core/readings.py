@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, StringConstraints, field_validator
 from pydantic_core import PydanticCustomError
@@ -97,8 +96,43 @@ def format_ts(moment: datetime) -> str:
 # The stored fields in model order, less "ts", which is written formatted after them.
 _STORED_FIELDS = tuple(name for name in Reading.model_fields if name != "ts")
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
-# What _ENCODER.encode builds anew on every call, built once (CPython always has the C encoder).
-_iterencode = c_make_encoder(None, _ENCODER.default, encode_basestring, None, ":", ",", False, False, True)
+# What a stored body holds: strings that need escaping and non-ASCII ones, numbers, a nested object; as JSON.
+_SAMPLE = {"topic": 'a"\\\x00\u2028é\U0001f600', "value": -0.1, "n": 10**20, "tags": {"k": "v", "e": ""}}
+_SAMPLE_JSON = (
+    '{"topic":"a\\"\\\\\\u0000\u2028é\U0001f600","value":-0.1,"n":100000000000000000000,"tags":{"k":"v","e":""}}'
+)
+
+
+def _c_encoder() -> Callable[[dict[str, Any]], str] | None:
+    """CPython's C encoder built once, as ``_ENCODER.encode`` builds it anew on every call, or None.
+
+    ``json.encoder.c_make_encoder`` is private: None if it is missing, fails, or encodes the sample
+    otherwise than the public encoder does (which uses it too: the sample's JSON is written out here).
+    Measured on ``stored_payloads`` of 100 realistic readings (timeit, both in one run, three runs):
+    6.3 to 7.8 µs a reading against 7.6 to 9.4 with ``_ENCODER.encode``, 15 to 23 % of that function
+    (about 3 % of the ingest's CPU per reading).
+    """
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return None
+    try:
+        iterencode = make(None, _ENCODER.default, json.encoder.encode_basestring, None, ":", ",", False, False, True)
+
+        def encode(body: dict[str, Any]) -> str:
+            return "".join(iterencode(body, 0))
+
+        same = encode(_SAMPLE) == _SAMPLE_JSON
+    except Exception:  # a changed signature or behaviour: the public encoder does the work
+        return None
+    return encode if same else None
+
+
+_c_encode = _c_encoder()
+_encode = _c_encode or _ENCODER.encode
+JSON_ENCODER: Literal["c_make_encoder", "json.JSONEncoder"] = (
+    "json.JSONEncoder" if _c_encode is None else "c_make_encoder"
+)
+"""Which encoder writes stored payloads: CPython's private C encoder when it passed its check at import."""
 
 
 def _stored(reading: Reading, received_at: str) -> bytes:
@@ -110,7 +144,7 @@ def _stored(reading: Reading, received_at: str) -> bytes:
     if reading.ts is not None:
         body["ts"] = format_ts(reading.ts)
     body["received_at"] = received_at
-    return "".join(_iterencode(body, 0)).encode()
+    return _encode(body).encode()
 
 
 def stored_payload(reading: Reading, received_at: datetime) -> bytes:

@@ -1,7 +1,8 @@
 """Publishing a validated batch to JetStream: pipelined, bounded in time, successful only if all is stored.
 
-Every reading is sent (``PublishContext.publish_reading``, nats-py's ``publish_async`` made leaner) before
-any acknowledgement is awaited, so a batch costs one round trip, not one per reading, with at most
+Every reading is sent (``PublishContext.publish_reading``: nats-py's ``publish_async`` made leaner, or
+``publish_async`` itself where the nats-py in use lacks what the lean path needs) before any
+acknowledgement is awaited, so a batch costs one round trip, not one per reading, with at most
 ``max_in_flight`` readings of the process waiting for theirs. The answer is a success only when every
 PubAck arrived; anything else is a 503 whose message says how much was stored and that retrying with the
 same ids is safe.

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import json.encoder
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
-from core.readings import Reading, control_frame, event_frame, stored_payload, stored_payloads
+from core import readings
+from core.readings import JSON_ENCODER, Reading, control_frame, event_frame, stored_payload, stored_payloads
 
 RECEIVED = datetime(2026, 11, 27, 7, 0, 0, tzinfo=UTC)
 
@@ -116,3 +118,44 @@ def test_a_batch_is_encoded_like_single_readings_with_one_receive_time() -> None
     encoded = stored_payloads(readings, RECEIVED)
     assert encoded == [(r.topic, stored_payload(r, RECEIVED)) for r in readings]
     assert json.loads(encoded[0][1])["tags"] == {"k": '"quoted" \\ \u2028 \U0001f600 \x00'}
+
+
+def test_on_the_pinned_cpython_stored_payloads_are_written_by_the_c_encoder() -> None:
+    assert JSON_ENCODER == "c_make_encoder"
+
+
+def test_the_c_encoder_writes_what_the_public_encoder_writes(monkeypatch: pytest.MonkeyPatch) -> None:
+    batch = [
+        Reading(device="d", metric="m", value=0.1, tags={"k": '"quoted" \\ \u2028 \U0001f600 \x00 é'}),
+        Reading(device="boiler-7", metric="t", value=-71.5e300, site="plant1", unit="°C", id="b-1", ts=0),
+        Reading(device="d", metric="m", value=123456789012345678),
+    ]
+    fast = stored_payloads(batch, RECEIVED)
+    public = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+    monkeypatch.setattr(readings, "_encode", public)
+    assert stored_payloads(batch, RECEIVED) == fast
+    assert public(readings._SAMPLE) == readings._SAMPLE_JSON  # what the import-time check compares with
+
+
+def encoder_of_another_kind(*args: Any) -> Any:
+    return lambda body, level: ("{}",)
+
+
+def encoder_with_another_signature(markers: Any, default: Any) -> Any:
+    raise AssertionError("not called with these arguments")
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param(None, id="missing"),
+        pytest.param(encoder_of_another_kind, id="other-output"),
+        pytest.param(encoder_with_another_signature, id="other-signature"),
+    ],
+)
+def test_a_c_encoder_that_is_missing_or_changed_is_not_used(monkeypatch: pytest.MonkeyPatch, change: Any) -> None:
+    if change is None:
+        monkeypatch.delattr(json.encoder, "c_make_encoder")
+    else:
+        monkeypatch.setattr(json.encoder, "c_make_encoder", change)
+    assert readings._c_encoder() is None

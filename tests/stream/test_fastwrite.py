@@ -1,0 +1,108 @@
+"""The direct chunk writer against real uvicorn connections: in use on the pinned uvicorn, off when uvicorn changes.
+
+stream/fastwrite.py reads uvicorn's internals; these tests fail when an upgrade takes away what it reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from typing import Any, cast
+
+import pytest
+from starlette.types import Receive, Scope, Send
+from structlog.testing import capture_logs
+from support.sse import Serve, events, take
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+
+from core.frontroutes import FrontRoutedApp
+from core.settings import Settings
+from stream import connection, fastwrite
+from stream.app import create_app
+from stream.fastwrite import CYCLE_ATTRIBUTES, FLOW_ATTRIBUTES, ChunkWriter, chunk, chunk_writer
+
+
+async def test_on_the_pinned_uvicorn_events_are_written_straight_to_the_transport(
+    settings: Settings, serve: Serve, publish: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    written: list[bytes] = []
+
+    def recording_writer(send: Send) -> ChunkWriter | None:
+        writer = chunk_writer(send)
+        if writer is None:
+            return None
+
+        def write(framed: bytes) -> bool:
+            if writer(framed):
+                written.append(framed)
+                return True
+            return False
+
+        return write
+
+    monkeypatch.setattr(fastwrite, "_internals_present", None)  # checked on this test's first connection
+    monkeypatch.setattr(connection, "chunk_writer", recording_writer)
+    with capture_logs() as logs:
+        async with serve(create_app(settings), http="httptools") as url, events(url, "s.>") as stream:
+            [seq] = await publish("s", "d", "m", [1.5])
+            [event] = await take(stream, 1)
+    assert event.id == str(seq)
+    assert [framed for framed in written if b"id: %d\n" % seq in framed]  # the event went through the writer
+    assert fastwrite._internals_present is True
+    assert [entry for entry in logs if entry["event"] == "uvicorn_internals_missing"] == []
+
+
+def lacking(cycle: RequestResponseCycle, name: str) -> RequestResponseCycle:
+    """A copy of a live cycle without one attribute (``flow.<name>`` for one of its flow control's)."""
+    other = copy.copy(cycle)
+    if name in FLOW_ATTRIBUTES:
+        other.flow = copy.copy(cycle.flow)
+        delattr(other.flow, name)
+    else:
+        delattr(other, name)
+    return other
+
+
+async def test_a_cycle_that_lacks_what_the_writer_reads_gets_no_writer_and_a_closed_transport_no_write(
+    serve: Serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outcomes: dict[str, object] = {}
+
+    async def probe(scope: Scope, receive: Receive, send: Send) -> None:
+        cycle = send.__self__  # type: ignore[attr-defined]
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        for name in (*CYCLE_ATTRIBUTES, *FLOW_ATTRIBUTES):
+            fastwrite._internals_present = None
+            outcomes[name] = chunk_writer(cast(Send, lacking(cycle, name).send))
+        outcomes["complete, after a failed check"] = chunk_writer(send)  # checked once per process
+        fastwrite._internals_present = None
+        writer = chunk_writer(send)
+        assert writer is not None
+        outcomes["written"] = writer(chunk(b"fast"))
+        cycle.transport.close()
+        outcomes["written after close"] = writer(chunk(b"late"))
+
+    app = FrontRoutedApp()
+    app.front_routes[("GET", "/probe")] = probe
+    monkeypatch.setattr(fastwrite, "_internals_present", None)
+    with capture_logs() as logs:
+        async with serve(app, ready=False, http="httptools") as url:
+            port = int(url.rsplit(":", 1)[1])
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /probe HTTP/1.1\r\nHost: test\r\n\r\n")
+            received = await asyncio.wait_for(reader.read(), 10)  # until the probe closes the connection
+            writer.close()
+
+    missing = [*(f"RequestResponseCycle.{name}" for name in CYCLE_ATTRIBUTES), "FlowControl.write_paused"]
+    assert outcomes == {
+        **{name: None for name in (*CYCLE_ATTRIBUTES, *FLOW_ATTRIBUTES)},
+        "complete, after a failed check": None,
+        "written": True,
+        "written after close": False,
+    }
+    assert [entry["missing"] for entry in logs if entry["event"] == "uvicorn_internals_missing"] == [
+        [name] for name in missing
+    ]
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert b"transfer-encoding: chunked" in head.lower()
+    assert body == b"4\r\nfast\r\n"
