@@ -165,6 +165,7 @@ class Hub:
                     filters=[self.subjects.all],
                     start_seq=self.last_seq + 1,
                     handler=self._on_live,
+                    connect_timeout_s=settings.nats_connect_timeout_s,
                     name="live",
                     on_recreated=self._on_stream_recreated,
                     stream_created=info.created,

@@ -100,6 +100,7 @@ async def replay(link: JetStreamLink, connection: Connection, start_after: int, 
         filters=filters,
         start_seq=start_after + 1,
         handler=on_message,
+        connect_timeout_s=link.settings.nats_connect_timeout_s,
         name="replay",
     )
     try:

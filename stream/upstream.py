@@ -34,7 +34,6 @@ LAST_CONSUMER = b"Nats-Last-Consumer"
 CONSUMER_STALLED = b"Nats-Consumer-Stalled"
 V1_ACK_TOKENS = 9
 RETRY_WAIT_S = 0.5
-CONNECT_TIMEOUT_S = 5.0
 ORPHAN_CONSUMER_TIMEOUT_S = 30.0
 
 
@@ -76,12 +75,15 @@ class OrderedFeed:
         filters: list[str],
         start_seq: int,
         handler: MessageHandler,
+        connect_timeout_s: float,
         heartbeat_s: float = 5.0,
         name: str = "feed",
         on_recreated: Callable[[int], None] | None = None,
         stream_created: datetime | None = None,
     ) -> None:
-        """``on_recreated`` (the live feed's): each new consumer first checks that the stream is the one
+        """``connect_timeout_s`` bounds opening the feed's own connection (``settings.nats_connect_timeout_s``).
+
+        ``on_recreated`` (the live feed's): each new consumer first checks that the stream is the one
         created at ``stream_created``; if it was deleted and created again, the feed starts over at the
         new stream's first message and calls ``on_recreated`` with that sequence."""
         self._nc = nc
@@ -89,6 +91,7 @@ class OrderedFeed:
         self._stream = stream
         self._filters = filters
         self._handler = handler
+        self._connect_timeout_s = connect_timeout_s
         self._heartbeat_s = heartbeat_s
         self._name = name
         self.next_seq = max(1, start_seq)
@@ -152,7 +155,7 @@ class OrderedFeed:
         if url is None or not self._nc.is_connected:
             raise WireError("not connected to NATS")
         inbox = self._nc.new_inbox()
-        async with asyncio.timeout(CONNECT_TIMEOUT_S):
+        async with asyncio.timeout(self._connect_timeout_s):
             sub = await WireSubscriber.open(url, inbox, name=f"{self._nc.options['name']}-{self._name}")
         self._sub = sub
         self._reader = asyncio.create_task(self._read(sub), name=f"{self._name}-reader")

@@ -6,6 +6,12 @@ replayed event costs. A push consumer's deliveries need none of that, so the fee
 connection of their own that speaks just enough of the NATS protocol (INFO, CONNECT, SUB, PUB,
 PING/PONG, MSG/HMSG, -ERR) and parses everything a socket read hands over in one pass.
 JetStream's API (creating and deleting consumers) stays with nats-py.
+
+A server error (``-ERR``) before the subscription is confirmed fails the connection: wrong
+credentials, or a subscription the server refused. After it, the server keeps the connection open
+for the errors it can live with (a permissions violation of a publish, an invalid subject) and closes
+it itself for the others (as nats-server does): an error is logged and the connection goes on; if
+the server then closes it, the ``WireError`` names the last error it sent.
 """
 
 from __future__ import annotations
@@ -16,6 +22,9 @@ from typing import Any, cast
 from urllib.parse import ParseResult
 
 import nats.errors
+import structlog
+
+log = structlog.get_logger(__name__)
 
 CRLF = b"\r\n"
 MAX_CONTROL_LINE = 64 * 1024
@@ -67,6 +76,7 @@ class WireSubscriber(asyncio.Protocol):
         self._info: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pong: asyncio.Future[None] | None = None
         self._error: WireError | None = None
+        self._server_error: str | None = None  # the last -ERR text, for the error of a connection it ends
 
     @classmethod
     async def open(cls, url: ParseResult, subject: str, *, name: str) -> WireSubscriber:
@@ -126,7 +136,10 @@ class WireSubscriber(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._fail(WireError(f"connection lost: {exc}" if exc else "connection closed"))
+        reason = f"connection lost: {exc}" if exc else "connection closed"
+        if self._server_error is not None:
+            reason += f" after the NATS server error: {self._server_error}"
+        self._fail(WireError(reason))
 
     def data_received(self, data: bytes) -> None:
         buf = self._rest + data if self._rest else data
@@ -185,8 +198,16 @@ class WireSubscriber(asyncio.Protocol):
             if not self._info.done():
                 self._info.set_result(json.loads(line[5:]))
         elif line.startswith(b"-ERR"):
-            self._fail(WireError(f"NATS server error: {line[5:].decode(errors='replace').strip(chr(39))}"))
+            self._on_server_error(line[4:].decode(errors="replace").strip().strip("'"))
         # +OK and anything newer are ignored
+
+    def _on_server_error(self, text: str) -> None:
+        """Fatal during the handshake; afterwards the server decides: it closes the connection or goes on."""
+        self._server_error = text
+        if self._pong is None or not self._pong.done():
+            self._fail(WireError(f"NATS server error: {text}"))
+        else:
+            log.warning("nats_server_error", error=text)
 
     def _fail(self, error: WireError) -> None:
         if self._error is None:

@@ -1,15 +1,19 @@
-"""The lean subscriber connection against a real nats-server: whole messages, back-pressure, credentials, loss."""
+"""The lean subscriber connection against a real nats-server: whole messages, back-pressure, credentials, server
+errors, loss."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
 import httpx
 import nats
 import pytest
+from structlog.testing import capture_logs
 from support.natsproc import StoppableNatsServer
 from support.net import free_port
 
@@ -27,7 +31,7 @@ async def gather(subscriber: WireSubscriber, count: int) -> list[Delivery]:
 
 
 class AuthNatsServer(StoppableNatsServer):
-    """A nats-server that wants credentials: ``--user``/``--pass`` or ``--auth`` (a token)."""
+    """A nats-server that wants credentials: ``--user``/``--pass``, ``--auth`` (a token) or ``-c`` a config file."""
 
     def __init__(self, tmp_path: Path, *auth: str) -> None:
         super().__init__(port=free_port(), monitor_port=free_port(), store_dir=tmp_path / "nats-store")
@@ -35,6 +39,37 @@ class AuthNatsServer(StoppableNatsServer):
 
     def command(self) -> list[str]:
         return [*super().command(), *self.auth]
+
+
+class ReadSizeRecorder(WireSubscriber):
+    """A subscriber that notes the largest single socket read, which depends on the event loop."""
+
+    largest_read = 0
+
+    def data_received(self, data: bytes) -> None:
+        self.largest_read = max(self.largest_read, len(data))
+        super().data_received(data)
+
+
+# One user who may not publish to denied.> nor subscribe to secret.>, and may do anything else.
+PERMISSIONS = """
+authorization {
+  users = [
+    {user: "dash", password: "s3cret", permissions: {publish: {deny: ["denied.>"]}, subscribe: {deny: ["secret.>"]}}}
+  ]
+}
+"""
+
+
+@pytest.fixture
+def restricted_url(tmp_path: Path) -> Iterator[str]:
+    """The URL, with credentials, of a nats-server of the test's own whose one user has ``PERMISSIONS``."""
+    config = tmp_path / "nats.conf"
+    config.write_text(PERMISSIONS)
+    server = AuthNatsServer(tmp_path, "-c", str(config))
+    server.start()
+    yield f"nats://dash:s3cret@{server.host}:{server.port}"
+    server.stop()
 
 
 async def test_every_message_arrives_whole_and_in_order_whatever_its_size_headers_or_reply(
@@ -69,7 +104,8 @@ async def test_every_message_arrives_whole_and_in_order_whatever_its_size_header
 
 async def test_a_reader_that_falls_behind_stops_reading_and_loses_nothing(nats_server: LocalNatsServer) -> None:
     subject, name = f"wire.{uuid.uuid4().hex}", f"behind-{uuid.uuid4().hex}"
-    subscriber = await WireSubscriber.open(urlparse(nats_server.url), subject, name=name)
+    subscriber = await ReadSizeRecorder.open(urlparse(nats_server.url), subject, name=name)
+    assert isinstance(subscriber, ReadSizeRecorder)
     nc = await nats.connect(nats_server.url)
     count, size = 10_000, 4096  # 40 MB: ten times what the subscriber parses ahead of its reader
     try:
@@ -82,7 +118,8 @@ async def test_a_reader_that_falls_behind_stops_reading_and_loses_nothing(nats_s
     finally:
         subscriber.close()
         await nc.close()
-    assert sum(len(delivery[3]) for delivery in first) <= MAX_PARSED_BYTES + 256 * 1024
+    # Reading pauses once more than MAX_PARSED_BYTES wait: the read that went past it is the most it can overshoot.
+    assert sum(len(delivery[3]) for delivery in first) <= MAX_PARSED_BYTES + subscriber.largest_read
     assert [int.from_bytes(delivery[3][:4], "big") for delivery in received] == list(range(count))
 
 
@@ -122,6 +159,42 @@ async def test_credentials_in_the_url_are_presented_and_wrong_ones_refused(
             await WireSubscriber.open(urlparse(f"nats://{bad}{server.host}:{server.port}"), "secured", name="test")
     finally:
         server.stop()
+
+
+async def test_a_server_error_after_the_handshake_is_logged_and_the_subscription_goes_on(restricted_url: str) -> None:
+    with capture_logs() as logs:
+        subscriber = await WireSubscriber.open(urlparse(restricted_url), "feed", name="test")
+        nc = await nats.connect(restricted_url)
+        try:
+            subscriber.publish_empty(b"denied.subject")  # the server answers -ERR and keeps the connection
+            subscriber.publish_empty(b"feed")  # answered after that -ERR: the server handles a connection in order
+            first = await gather(subscriber, 1)
+            await nc.publish("feed", b"later")
+            await nc.flush()
+            later = await gather(subscriber, 1)
+        finally:
+            subscriber.close()
+            await nc.close()
+    assert [delivery[3] for delivery in first + later] == [b"", b"later"]
+    assert [entry for entry in logs if entry["event"] == "nats_server_error"] == [
+        {
+            "event": "nats_server_error",
+            "error": 'Permissions Violation for Publish to "denied.subject"',
+            "log_level": "warning",
+        }
+    ]
+
+
+async def test_a_subscription_the_server_refuses_fails_the_handshake(restricted_url: str) -> None:
+    with pytest.raises(WireError, match=re.escape('Permissions Violation for Subscription to "secret.feed"')):
+        await WireSubscriber.open(urlparse(restricted_url), "secret.feed", name="test")
+
+
+async def test_a_connection_the_server_closes_after_an_error_names_the_error(nats_server: LocalNatsServer) -> None:
+    subscriber = await WireSubscriber.open(urlparse(nats_server.url), f"wire.{uuid.uuid4().hex}", name="test")
+    subscriber.write(b"PUB too.large 100000000\r\n")  # beyond max_payload: the server answers -ERR and closes
+    with pytest.raises(WireError, match="connection closed after the NATS server error: Maximum Payload Violation"):
+        await subscriber.next_batch()
 
 
 async def test_a_refused_or_lost_connection_is_a_wire_error(own_nats: StoppableNatsServer, unused_port: int) -> None:
