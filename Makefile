@@ -4,7 +4,20 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test bench bench-quick loadtest image chart-readme clean
+# PYTHON is the interpreter .venv is made with. Given explicitly (`PYTHON=python3.12 make run`, or exported) and of
+# another version than the one in .venv, it makes .venv again; otherwise an existing .venv is kept, whatever made it.
+python_version = $(shell $(1) -c 'import sys; print(*sys.version_info[:3], sep=".")' 2>/dev/null)
+ifneq ($(filter environment command,$(firstword $(origin PYTHON))),)
+ifneq ($(wildcard $(BIN)/python),)
+PYTHON_VERSION := $(call python_version,$(PYTHON))
+VENV_VERSION := $(call python_version,$(BIN)/python)
+ifneq ($(PYTHON_VERSION),$(VENV_VERSION))
+REMAKE_VENV := $(PYTHON) is Python $(PYTHON_VERSION), $(VENV) has $(or $(VENV_VERSION),a broken one)
+endif
+endif
+endif
+
+.PHONY: run test faults bench bench-quick loadtest image chart-readme clean FORCE
 
 run: $(STAMP) ## Start nats-server, both services and 5 simulated devices; Ctrl-C stops everything
 	$(BIN)/telemetry run --simulate 5
@@ -15,9 +28,14 @@ test: $(STAMP) ## Lint, type-check and run the whole test suite against real nat
 	$(BIN)/mypy
 	$(BIN)/pytest
 
+FAULT_ROUNDS ?= 10
+
+faults: $(STAMP) ## The cluster fault tests at length: each kills and restarts a node FAULT_ROUNDS times (make test: once)
+	$(BIN)/pytest tests/ingest/test_faults.py tests/stream/test_faults.py --fault-rounds $(FAULT_ROUNDS)
+
 BENCH_STAMP := $(VENV)/.installed-bench
 
-bench: $(BENCH_STAMP) ## Benchmarks of shared/BENCHMARKS.md against reference servers, one table (about 15 min)
+bench: $(BENCH_STAMP) ## The benchmarks of bench/README.md against reference servers, one table (about 15 min)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 	$(BIN)/python -m bench.ingest
 
@@ -35,9 +53,10 @@ LOADTEST_ARGS ?= --run-time-s 60 --shape storm --devices 200 --dashboards 100 --
 loadtest: $(STAMP) ## Locust load test, headless and bounded, against a platform started here; reports in loadtest/reports/
 	$(BIN)/python -m loadtest.run $(LOADTEST_ARGS)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(if $(REMAKE_VENV),FORCE)
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed (set PYTHON=...)")'
-	$(PYTHON) -m venv $(VENV)
+	$(if $(REMAKE_VENV),@echo "$(REMAKE_VENV): making $(VENV) again")
+	$(PYTHON) -m venv $(if $(REMAKE_VENV),--clear )$(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
@@ -51,6 +70,8 @@ image: ## Build the container image (one image: `telemetry ingest` by default, `
 
 chart-readme: $(STAMP) ## Regenerate the values table of charts/telemetry/README.md from values.yaml
 	$(BIN)/python charts/values_table.py charts/telemetry
+
+FORCE:
 
 clean: ## Remove the virtualenv and local data
 	rm -rf $(VENV) .telemetry .mypy_cache .ruff_cache .pytest_cache

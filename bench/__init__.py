@@ -1,1 +1,1 @@
-"""Benchmarks of BENCHMARKS.md: ``python -m bench.run`` (sections 1-4), ``python -m bench.ingest`` (section 5)."""
+"""The benchmarks of bench/README.md: ``python -m bench.run`` (the stream service), ``python -m bench.ingest``."""

@@ -1,6 +1,6 @@
 """``python -m bench.ingest [--quick]``: acknowledged readings per ingest CPU second, against a bare nats-py ceiling.
 
-BENCHMARKS.md, section 5. One run starts a nats-server, the ingest service (``python -m telemetry ingest``,
+Section 6 of bench/README.md. One run starts a nats-server, the ingest service (``python -m telemetry ingest``,
 as in production) and, for each workload, a bare nats-py loop that publishes the same stored payloads
 with the same headers to the same JetStream stream with the same number in flight (the ceiling). The
 ingest and the ceiling are pinned to one CPU with ``taskset``, this process (the load generator) and

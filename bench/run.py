@@ -1,4 +1,4 @@
-"""``python -m bench.run``: the benchmarks of BENCHMARKS.md (fan-out, idle memory, latency, replay), one table.
+"""``python -m bench.run``: fan-out, idle memory, latency, replay and reconnect storm (bench/README.md), one table.
 
 Starts a nats-server and the ingest service (on the load generator's CPU), then for each workload
 the servers it measures, each pinned to the server CPU with ``taskset``; this process is the load

@@ -1,4 +1,4 @@
-"""The workloads of one benchmark run and the rows they add to the table (BENCHMARKS.md sections 1-4).
+"""The workloads of one benchmark run and the rows they add to the table (bench/README.md describes each).
 
 ``Suite`` runs what was selected against one ``Lab`` (NATS and the ingest service for the whole run,
 each measured server started fresh for its workload) and turns the results into rows: each figure

@@ -1,7 +1,9 @@
 """``telemetry run``: nats-server, the two services and the simulator as child processes, stopped in order.
 
-One uvicorn server per process (see FIELD-NOTES: two servers in one process fight over signals). The
-children run in sessions of their own, so a Ctrl-C reaches only this supervisor, which stops them in
+One uvicorn server per process: two in one process fight over signals (each ``serve()`` installs its own
+SIGINT/SIGTERM handlers, restores the previous ones when it ends and raises again the signals it caught, so
+one Ctrl-C stops the last server started, which raises it into the other, and ends in a KeyboardInterrupt).
+The children run in sessions of their own, so a Ctrl-C reaches only this supervisor, which stops them in
 reverse order of start: simulator, stream, ingest, nats-server. On Linux each child also gets SIGTERM
 from the kernel if the supervisor dies without cleaning up (even by SIGKILL).
 """

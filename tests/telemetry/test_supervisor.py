@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import pytest
 from httpx_sse import aconnect_sse
 from support.net import free_port
 
@@ -144,6 +145,22 @@ async def test_run_streams_simulated_readings_and_stops_everything_on_ctrl_c(tmp
     assert log.index(f"Finished server process [{pids['stream']}]") < log.index(
         f"Finished server process [{pids['ingest']}]"
     )
+
+
+async def test_the_services_use_the_nats_server_run_started_whatever_nats_urls_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Neither the flag nor the variable names a server here: were either passed on, nothing would get ready."""
+    monkeypatch.setenv("TELEMETRY_NATS_URLS", f"nats://127.0.0.1:{free_port()}")
+    async with telemetry_run(tmp_path, "--nats-urls", f"nats://127.0.0.1:{free_port()}") as run:
+        assert run.pids, "\n".join(run.banner)
+        (local,) = [line.split()[1] for line in run.banner if line.split()[:1] == ["nats"]]
+        assert (
+            f"telemetry run: note: --nats-urls is ignored; the services use the nats-server started here, {local}"
+            in run.banner
+        )
+        os.killpg(run.process.pid, signal.SIGINT)
+        assert await run.exit_code() == 0
 
 
 async def test_a_child_that_dies_stops_everything_and_is_named(tmp_path: Path) -> None:
