@@ -50,13 +50,15 @@ class Relay:
         self._pumps: set[asyncio.Task[None]] = set()
 
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, record: bool) -> None:
-        with contextlib.suppress(ConnectionError):
-            while data := await reader.read(65536):
-                if record:
-                    self.sent += data
-                writer.write(data)
-                await writer.drain()
-        writer.close()
+        try:
+            with contextlib.suppress(ConnectionError):
+                while data := await reader.read(65536):
+                    if record:
+                        self.sent += data
+                    writer.write(data)
+                    await writer.drain()
+        finally:
+            writer.close()  # also when the relay stops and cancels the pump: no socket is left open
 
     async def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         upstream_reader, upstream_writer = await asyncio.open_connection(self.server.host, self.server.port)
