@@ -13,6 +13,12 @@ TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 TOPIC_TOKENS = 3
 ONE_TOKEN = "*"
 REST = ">"
+MAX_ECHOED_CHARS = 100
+
+
+def quoted(text: str) -> str:
+    """``text`` as an error message shows it: quoted, and cut short (a client's 10k-character value is not echoed)."""
+    return repr(text[:MAX_ECHOED_CHARS]) + ("..." if len(text) > MAX_ECHOED_CHARS else "")
 
 
 class InvalidPattern(ValueError):
@@ -39,17 +45,17 @@ class Pattern:
         for index, token in enumerate(tokens):
             if token == REST:
                 if index != len(tokens) - 1:
-                    raise InvalidPattern(f"'>' may only be the last token in {text!r}")
+                    raise InvalidPattern(f"'>' may only be the last token in {quoted(text)}")
             elif token != ONE_TOKEN and not TOKEN_RE.fullmatch(token):
                 raise InvalidPattern(
-                    f"token {index + 1} of {text!r} is {token!r}: a token is 1-64 of A-Z a-z 0-9 _ -, "
+                    f"token {index + 1} of {quoted(text)} is {quoted(token)}: a token is 1-64 of A-Z a-z 0-9 _ -, "
                     "or '*', or a final '>'"
                 )
         if len(tokens) > TOPIC_TOKENS:
-            raise InvalidPattern(f"{text!r} has {len(tokens)} tokens; a topic has 3 (site.device.metric)")
+            raise InvalidPattern(f"{quoted(text)} has {len(tokens)} tokens; a topic has 3 (site.device.metric)")
         if len(tokens) < TOPIC_TOKENS and tokens[-1] != REST:
             raise InvalidPattern(
-                f"{text!r} has {len(tokens)} tokens and would never match a topic (site.device.metric); "
+                f"{quoted(text)} has {len(tokens)} tokens and would never match a topic (site.device.metric); "
                 "end it with '>' to match the rest"
             )
         return cls(tokens)

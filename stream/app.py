@@ -1,7 +1,8 @@
-"""The stream service's app factory: one NATS link, one hub, the SSE endpoint and the probes."""
+"""The stream service's app factory: one NATS link, one hub, admission, the ticker, the SSE endpoint and the probes."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,13 +14,15 @@ from core.frontroutes import FrontRoutedApp
 from core.health import health_router
 from core.jetstream import JetStreamLink
 from core.settings import Settings
+from stream.admission import Admission
 from stream.hub import Hub
 from stream.metrics import StreamMetrics
 from stream.sse import EventStream, events_router
+from stream.ticker import Ticker
 
 
 def quiet_cut_off(record: logging.LogRecord) -> bool:
-    """uvicorn calls a stream we cut off (a slow consumer) an error; it is the intended outcome, logged by us."""
+    """uvicorn calls a stream we cut off (``Connection.abort``) an error; it is the intended outcome, logged by us."""
     return record.getMessage() != "ASGI callable returned without completing response."
 
 
@@ -28,13 +31,26 @@ def create_app(settings: Settings) -> FrontRoutedApp:
     metrics = StreamMetrics()
     link = JetStreamLink(settings, "stream")
     hub = Hub(link, metrics)
+    ticker = Ticker(hub.connections, settings)
+    event_stream = EventStream(hub, Admission(settings, metrics), settings)
+    metrics.watch(lambda: (hub.events_sent, ticker.keepalives_sent))
+    loop: asyncio.AbstractEventLoop | None = None
+
+    def drain_soon() -> None:
+        """The first shutdown signal: drain on the server's loop (a signal handler runs between any two lines)."""
+        if loop is not None:
+            loop.call_soon_threadsafe(event_stream.drain)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        nonlocal loop
+        loop = asyncio.get_running_loop()
         logging.getLogger("uvicorn.error").addFilter(quiet_cut_off)
         link.start()
         hub.start()
+        ticker.start()
         yield
+        await ticker.stop()
         await hub.stop()
         await link.stop()
 
@@ -44,11 +60,10 @@ def create_app(settings: Settings) -> FrontRoutedApp:
         version="0.1.0",
         lifespan=lifespan,
     )
-    event_stream = EventStream(hub, settings)
     app.front_routes[("GET", "/v1/stream")] = event_stream
     install_error_handlers(app)
     app.include_router(events_router(event_stream))
-    app.include_router(health_router(hub.not_ready_reason, metrics.registry))
+    app.include_router(health_router(event_stream.not_ready_reason, metrics.registry))
     app.state.hub = hub
-    app.state.on_shutdown_signal = hub.request_drain
+    app.state.on_shutdown_signal = drain_soon
     return app

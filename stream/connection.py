@@ -12,7 +12,7 @@ from starlette.types import Send
 from core.readings import control_frame, retry_frame
 from core.topics import Pattern
 from stream.eager import run_eagerly
-from stream.fastwrite import ChunkWriter, chunk, chunk_writer
+from stream.fastwrite import ChunkWriter, chunk, chunk_writer, transport_closing
 from stream.limits import Limits, TokenBucket
 
 log = structlog.get_logger(__name__)
@@ -33,7 +33,10 @@ class Connection:
 
     Live readings beyond the rate limit, or while the client is more than ``max_buffer_bytes``
     behind, are conflated: only the latest reading per topic waits, and goes out when the budget
-    allows. A client that stays behind for ``slow_consumer_timeout_s`` is cut off (``on_stuck``).
+    allows. A client that stays behind for ``slow_consumer_timeout_s`` is cut off (``abort``).
+
+    A write never raises to its caller: one client's broken transport ends that stream alone
+    (``abort``), and the hub's flush of every other connection goes on.
     """
 
     __slots__ = (
@@ -47,6 +50,7 @@ class Connection:
         "_on_conflated",
         "_send",
         "_single_chunk",
+        "_transport_closing",
         "_write_chunk",
         "_writer",
         "_writer_readings",
@@ -62,7 +66,7 @@ class Connection:
         "last_seq",
         "last_write",
         "limits",
-        "on_stuck",
+        "on_abort",
         "on_written",
         "patterns",
         "replaying",
@@ -92,7 +96,7 @@ class Connection:
         self.closed = False
         self.ending = False
         self.end_reason: str | None = None
-        self.on_stuck: Callable[[], None] = lambda: None
+        self.on_abort: Callable[[], object] = lambda: None
         self.on_written: Callable[[int], None] = lambda readings: None
         self._send: Send | None = None
         self._writer: asyncio.Task[None] | None = None
@@ -109,11 +113,13 @@ class Connection:
         self._writer_readings = 0
         self._write_chunk: ChunkWriter | None = None
         self._single_chunk: bytes | None = None
+        self._transport_closing: Callable[[], bool] | None = None
 
     def open(self, send: Send) -> None:
         """The response has started: frames can be written with ``send`` from now on."""
         self._send = send
         self._write_chunk = chunk_writer(send)
+        self._transport_closing = transport_closing(send)
         if self.frames and not self.dirty:
             self.dirty = True
             self._mark_dirty(self)
@@ -171,39 +177,43 @@ class Connection:
         """Write everything pending as one chunk, now, unless a write is still under way.
 
         Returns how many readings were written at once (those of a write that has to wait are
-        counted by ``on_written`` when it completes).
+        counted by ``on_written`` when it completes). Never raises: a write that fails, or finds the
+        transport closed, ends this stream (``abort``) and leaves the caller's other connections be.
         """
         self.dirty = False
         if self._writer is not None or self.closed or not self.frames or self._send is None:
             return 0
         frames = self.frames
         readings = self.unsent_readings
-        if self._write_chunk is not None and not self.ending:
-            single = self._single_chunk
-            if self._write_chunk(single if single is not None and len(frames) == 1 else chunk(b"".join(frames))):
-                self.frames = []
-                self.buffered_bytes = 0
-                self.unsent_readings = 0
+        try:  # costs nothing until it catches (Python 3.11+), so it guards each write, not each event
+            if self._write_chunk is not None and not self.ending:
+                single = self._single_chunk
+                if self._write_chunk(single if single is not None and len(frames) == 1 else chunk(b"".join(frames))):
+                    self.frames = []
+                    self.buffered_bytes = 0
+                    self.unsent_readings = 0
+                    self._written(now)
+                    return readings
+            if self.client_gone():  # whatever uvicorn told the handler (see fastwrite.transport_closing)
+                self.abort("transport_closed")
+                return 0
+            data = frames[0] if len(frames) == 1 else b"".join(frames)
+            self.frames = []
+            self.buffered_bytes = 0
+            self.unsent_readings = 0
+            message = {"type": "http.response.body", "body": data, "more_body": not self.ending}
+            writer = run_eagerly(self._send(message))  # type: ignore[arg-type]
+            if writer is None:
                 self._written(now)
                 return readings
-        data = frames[0] if len(frames) == 1 else b"".join(frames)
-        self.frames = []
-        self.buffered_bytes = 0
-        self.unsent_readings = 0
-        message = {"type": "http.response.body", "body": data, "more_body": not self.ending}
-        try:
-            writer = run_eagerly(self._send(message))  # type: ignore[arg-type]
-        except Exception as err:  # the client is gone in a way uvicorn reports by raising
-            log.debug("write_failed", error=repr(err))
-            self.close()
+            self._writer = writer
+            self._writer_readings = readings
+            writer.add_done_callback(self._on_writer_done)
             return 0
-        if writer is None:
-            self._written(now)
-            return readings
-        self._writer = writer
-        self._writer_readings = readings
-        writer.add_done_callback(self._on_writer_done)
-        return 0
+        except Exception as err:  # a transport that raises (uvloop's, once closed): this client only
+            log.debug("write_failed", error=repr(err))
+            self.abort("write_failed")
+            return 0
 
     def _written(self, now: float) -> None:
         self.last_write = now
@@ -217,7 +227,7 @@ class Connection:
     def _on_writer_done(self, task: asyncio.Task[None]) -> None:
         self._writer = None
         if task.cancelled() or task.exception() is not None:
-            self.close()
+            self.abort("write_failed")  # nothing more if close() cancelled it
             return
         self.on_written(self._writer_readings)
         self._written(time.monotonic())
@@ -239,6 +249,18 @@ class Connection:
         self.push(control_frame("end", {"reason": reason}))
         self.ending = True
         self.end_reason = reason
+
+    def client_gone(self) -> bool:
+        """Whether the stream's transport is closed or closing (False where the server does not tell)."""
+        return self._transport_closing is not None and self._transport_closing()
+
+    def abort(self, reason: str) -> None:
+        """End the stream now without a word (its client is gone, or cut off), and wake its handler (``on_abort``)."""
+        if self.closed:
+            return
+        self.end_reason = reason
+        self.close()
+        self.on_abort()
 
     def close(self) -> None:
         """Write nothing more (the client is gone, or it was cut off); stop any write under way."""
@@ -278,8 +300,7 @@ class Connection:
             if self._behind_since is None:
                 self._behind_since = now
             elif now - self._behind_since > self.limits.slow_consumer_timeout_s:
-                self.end_reason = "slow_consumer"
-                self.on_stuck()
+                self.abort("slow_consumer")
                 return
         if self._flush_timer is None:
             self._flush_timer = self._loop.call_later(self._budget.wait_s(), self._flush_conflated)

@@ -13,9 +13,13 @@ through ``send``: 1.3 to 2.1 µs saved per delivered event, a fifth of the locks
 whole-service benchmark (``python -m bench.run --only fanout``, lockstep, 500 subscribers) varied more
 than that on a shared two-CPU machine: 9.1 to 10.8 µs an event with it, 8.2 to 15.4 without.
 
-The writer reads uvicorn's internals (``CYCLE_ATTRIBUTES``, ``FLOW_ATTRIBUTES``). The first httptools
-cycle of the process is checked for them; if one is missing (a uvicorn upgrade), one warning names it
-and every stream is written with ``send``. tests/stream/test_fastwrite.py fails on such an upgrade.
+The same transport also tells whether a stream's client is gone (``transport_closing``), which uvicorn's
+httptools protocol does not tell a stream with a request pipelined behind it.
+
+Both read uvicorn's internals (``CYCLE_ATTRIBUTES``, ``FLOW_ATTRIBUTES``). The first httptools cycle of
+the process is checked for them; if one is missing (a uvicorn upgrade), one warning names it, every
+stream is written with ``send`` and only ``http.disconnect`` tells that a client is gone.
+tests/stream/test_fastwrite.py fails on such an upgrade.
 """
 
 from __future__ import annotations
@@ -54,10 +58,18 @@ def internals_present(cycle: RequestResponseCycle) -> bool:
     return _internals_present
 
 
-def chunk_writer(send: Send) -> ChunkWriter | None:
-    """A function writing a framed chunk if it can be written now (else it returns False), or None."""
+def _httptools_cycle(send: Send) -> RequestResponseCycle | None:
+    """The httptools cycle whose ``send`` this is, if it has everything read here."""
     cycle = getattr(send, "__self__", None)
     if type(cycle) is not RequestResponseCycle or not internals_present(cycle):
+        return None
+    return cycle
+
+
+def chunk_writer(send: Send) -> ChunkWriter | None:
+    """A function writing a framed chunk if it can be written now (else it returns False), or None."""
+    cycle = _httptools_cycle(send)
+    if cycle is None:
         return None
     transport, flow = cycle.transport, cycle.flow
 
@@ -74,3 +86,14 @@ def chunk_writer(send: Send) -> ChunkWriter | None:
         return True
 
     return write
+
+
+def transport_closing(send: Send) -> Callable[[], bool] | None:
+    """A function telling whether the connection under ``send`` is closed or closing, or None (not httptools).
+
+    uvicorn's httptools protocol tells only the newest request of a connection that the client went
+    away: a stream with a request pipelined behind it never receives ``http.disconnect``. (h11 does
+    not read a pipelined request while a response streams, so its streams are told.)
+    """
+    cycle = _httptools_cycle(send)
+    return None if cycle is None else cycle.transport.is_closing

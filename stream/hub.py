@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import Counter
 
 import nats.errors
 import structlog
@@ -19,12 +18,12 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from core.jetstream import JetStreamLink
-from core.readings import KEEPALIVE_FRAME, event_frame
+from core.readings import event_frame
 from core.topics import Subjects
 from stream.connection import Connection
 from stream.fastwrite import chunk
 from stream.index import PatternIndex
-from stream.limits import TokenBucket, jittered
+from stream.limits import jittered
 from stream.metrics import StreamMetrics
 from stream.upstream import OrderedFeed
 
@@ -35,7 +34,11 @@ YIELD_EVERY_DELIVERIES = 250_000
 
 
 class Hub:
-    """Fans the live feed out to connections; ``ready`` once the feed is running."""
+    """Fans the live feed out to connections; ``ready`` once the feed is running.
+
+    Which streams may open is Admission's to say (stream/admission.py); keep-alives, lifetimes and
+    vanished clients are the Ticker's rounds (stream/ticker.py) over ``connections``.
+    """
 
     def __init__(self, link: JetStreamLink, metrics: StreamMetrics) -> None:
         self.link = link
@@ -43,37 +46,27 @@ class Hub:
         self.subjects = Subjects(link.settings.subject_prefix)
         self.index: PatternIndex[Connection] = PatternIndex()
         self.connections: set[Connection] = set()
-        self.per_client: Counter[str] = Counter()
         self.last_seq = 0
-        self.draining = False
         self.ready = asyncio.Event()
         self.replay_slots = asyncio.Semaphore(link.settings.max_concurrent_replays)
-        self._connects = TokenBucket(link.settings.max_connects_per_s)
         self.events_sent = 0
-        self.keepalives_sent = 0
         self._dirty: list[Connection] = []
         self._since_yield = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._feed: OrderedFeed | None = None
         self._advisories: Subscription | None = None
         self._task: asyncio.Task[None] | None = None
-        self._ticker: asyncio.Task[None] | None = None
-        metrics.watch(lambda: (self.events_sent, self.keepalives_sent))
 
     def start(self) -> None:
         """Start the live feed in the background, once NATS and the stream are there."""
-        self._loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._run(), name="hub-live-feed")
-        self._ticker = asyncio.create_task(self._tick(), name="hub-keepalive")
         self.link.on_reconnected.append(self._on_reconnected)
 
     async def stop(self) -> None:
         """Stop the feed and close every connection."""
-        for task in (self._task, self._ticker):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
         if self._feed is not None:
             await self._feed.close()
         if self._advisories is not None:
@@ -82,26 +75,11 @@ class Hub:
         for connection in list(self.connections):
             connection.close()
 
-    def refusal(self, client: str) -> str | None:
-        """Why a new connection from ``client`` is refused (a cap, the connect rate, a drain), or None."""
-        settings = self.link.settings
-        if self.draining:
-            return "shutdown"
-        if len(self.connections) >= settings.max_connections:
-            return "too_many_connections"
-        if self.per_client[client] >= settings.max_connections_per_client:
-            return "too_many_connections_from_client"
-        if not self._connects.take():
-            return "connect_rate"
-        return None
-
-    def add(self, connection: Connection, client: str) -> int:
+    def add(self, connection: Connection) -> int:
         """Register a connection; returns ``last_seq``: later readings reach it through the live feed."""
         self.connections.add(connection)
-        self.per_client[client] += 1
         for pattern in connection.patterns:
             self.index.add(pattern, connection)
-        self.metrics.connections_active.set(len(self.connections))
         return self.last_seq
 
     def mark_dirty(self, connection: Connection) -> None:
@@ -115,6 +93,7 @@ class Hub:
         self.events_sent += readings
 
     def _flush(self) -> None:
+        """Write every connection marked this turn; ``Connection.flush`` never raises, so none is skipped."""
         dirty, self._dirty = self._dirty, []
         now = time.monotonic()
         written = 0
@@ -122,32 +101,11 @@ class Hub:
             written += connection.flush(now)
         self.events_sent += written
 
-    async def _tick(self) -> None:
-        """Keep-alive comments for quiet connections and the end of those past their lifetime, for all at once."""
-        settings = self.link.settings
-        keepalive_s = settings.keepalive_s
-        interval_s = min(1.0, keepalive_s / 4, settings.max_lifetime_s / 10 or 1.0)
-        while True:
-            await asyncio.sleep(interval_s)
-            now = time.monotonic()
-            for connection in self.connections:
-                if connection.ending or connection.closed:
-                    continue
-                if now >= connection.deadline:
-                    connection.end("max_lifetime")
-                elif now - connection.last_write >= keepalive_s and not connection.frames:
-                    connection.push(KEEPALIVE_FRAME)
-                    self.keepalives_sent += 1
-
-    def remove(self, connection: Connection, client: str) -> None:
+    def remove(self, connection: Connection) -> None:
         """Unregister a connection that has ended."""
         self.connections.discard(connection)
-        self.per_client[client] -= 1
-        if self.per_client[client] <= 0:
-            del self.per_client[client]
         for pattern in connection.patterns:
             self.index.remove(pattern, connection)
-        self.metrics.connections_active.set(len(self.connections))
 
     async def _run(self) -> None:
         settings = self.link.settings
@@ -229,24 +187,8 @@ class Hub:
             self._since_yield = 0
             await asyncio.sleep(0)
 
-    def request_drain(self) -> None:
-        """``drain`` from a signal handler: schedule it on the loop instead of running it in between."""
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self.drain)
-
-    def drain(self) -> None:
-        """Shutting down: refuse new streams, and end every open one with a short jittered ``retry``."""
-        if self.draining:
-            return
-        self.draining = True
-        log.info("draining", connections=len(self.connections))
-        for connection in list(self.connections):
-            connection.end("shutdown", retry_ms=jittered(self.link.settings.overload_retry_ms))
-
     def not_ready_reason(self) -> str | None:
-        """Why new streams cannot be served, or None."""
-        if self.draining:
-            return "shutting down"
+        """Why the live feed cannot serve new streams, or None."""
         reason = self.link.not_ready_reason()
         if reason is None and not self.ready.is_set():
             return "live feed not started yet"

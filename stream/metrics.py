@@ -29,7 +29,9 @@ class StreamMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.connections_active = Gauge(
-            "telemetry_stream_connections_active", "Open SSE connections.", registry=self.registry
+            "telemetry_stream_connections_active",
+            "Open SSE streams, counted against the caps from admission until they end.",
+            registry=self.registry,
         )
         self.connections = Counter("telemetry_stream_connections", "SSE connections accepted.", registry=self.registry)
         self.upstream_messages = Counter(

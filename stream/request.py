@@ -15,10 +15,11 @@ from starlette.types import Scope
 
 from core.errors import InvalidParameter
 from core.settings import Settings
-from core.topics import InvalidPattern, Pattern
+from core.topics import InvalidPattern, Pattern, quoted
 from stream.limits import Limits
 
 MAX_EVENT_ID_DIGITS = 19
+MAX_NUMBER_CHARS = 32  # rate and max_events: far beyond any maximum they can lower, and cheap to convert
 Number = TypeVar("Number", int, float)
 
 
@@ -72,7 +73,7 @@ def parse_event_id(value: str | None, field: str) -> int | None:
     text = value.strip()
     if not text.isascii() or not text.isdigit() or len(text) > MAX_EVENT_ID_DIGITS:
         raise InvalidParameter(
-            f"{field} must be a non-negative integer (an event id this service sent), not {value[:40]!r}", field=field
+            f"{field} must be a non-negative integer (an event id this service sent), not {quoted(value)}", field=field
         )
     return int(text)
 
@@ -96,13 +97,17 @@ def _single(query: dict[str, list[str]], name: str) -> str | None:
 
 
 def _positive(query: dict[str, list[str]], name: str, kind: type[Number]) -> Number | None:
+    """A finite positive number, in at most MAX_NUMBER_CHARS characters (an int of 400 digits overflows a float)."""
     text = _single(query, name)
     if text is None:
         return None
     try:
-        value = kind(text)
+        value = kind(text) if len(text) <= MAX_NUMBER_CHARS else None
     except ValueError:
-        raise InvalidParameter(f"{name} must be a positive number, not {text[:40]!r}", field=name) from None
-    if not value > 0 or not math.isfinite(value):
-        raise InvalidParameter(f"{name} must be a positive number, not {text[:40]!r}", field=name)
+        value = None
+    if value is None or not value > 0 or not math.isfinite(value):
+        raise InvalidParameter(
+            f"{name} must be a positive number of at most {MAX_NUMBER_CHARS} characters, not {quoted(text)}",
+            field=name,
+        )
     return value

@@ -22,6 +22,7 @@ from core.errors import ApiError, ServiceUnavailable
 from core.frontroutes import ServedBy
 from core.readings import control_frame, retry_frame
 from core.settings import Settings
+from stream.admission import Admission
 from stream.connection import Connection
 from stream.hub import Hub
 from stream.limits import jittered
@@ -31,33 +32,55 @@ from stream.request import StreamRequest
 log = structlog.get_logger(__name__)
 
 LIFETIME_JITTER = 0.1
+# ``Connection: close``: a request pipelined behind a stream is never served (uvicorn closes the
+# connection once the stream ends); an EventSource opens a connection of its own for each stream.
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
+    (b"connection", b"close"),
 ]
 
 
 class EventStream:
-    """The SSE endpoint as an ASGI app bound to the process's hub."""
+    """The SSE endpoint as an ASGI app: admission, then the stream's connection on the process's hub."""
 
-    def __init__(self, hub: Hub, settings: Settings) -> None:
+    def __init__(self, hub: Hub, admission: Admission, settings: Settings) -> None:
         self.hub = hub
+        self.admission = admission
         self.settings = settings
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             request = StreamRequest.from_scope(scope, self.settings)
-            refusal = self.hub.refusal(request.client)
-            if refusal is not None:
-                self.hub.metrics.refused.labels(reason=refusal).inc()
-                await refused_stream(refusal, self.settings.overload_retry_ms)(scope, receive, send)
-                return
-            plan = await self._plan(request.resume_after)
         except ApiError as err:
             await err.response()(scope, receive, send)
             return
-        await self._serve(request, plan, receive, send)
+        refusal = self.admission.admit(request.client)
+        if refusal is not None:
+            await refused_stream(refusal, self.settings.overload_retry_ms)(scope, receive, send)
+            return
+        try:
+            plan = await self._plan(request.resume_after)
+            await self._serve(request, plan, receive, send)
+        except ApiError as err:  # from the plan: the stream never started
+            await err.response()(scope, receive, send)
+        finally:
+            self.admission.release(request.client)
+
+    def drain(self) -> None:
+        """Shutting down: refuse new streams, and end every open one with a short jittered ``retry``."""
+        if self.admission.drain():
+            log.info("draining", connections=len(self.hub.connections))
+            for connection in list(self.hub.connections):
+                self._shut(connection)
+
+    def not_ready_reason(self) -> str | None:
+        """Why new streams cannot be served (``/readyz``), or None."""
+        return "shutting down" if self.admission.draining else self.hub.not_ready_reason()
+
+    def _shut(self, connection: Connection) -> None:
+        connection.end("shutdown", retry_ms=jittered(self.settings.overload_retry_ms))
 
     async def _plan(self, requested: int | None) -> ResumePlan | None:
         reason = self.hub.not_ready_reason()
@@ -92,34 +115,34 @@ class EventStream:
             connection.deadline = time.monotonic() + lifetime_s
         me = asyncio.current_task()
         assert me is not None
-
-        def cut_off() -> None:
-            me.cancel()
-
-        connection.on_stuck = cut_off
-        live_from = hub.add(connection, request.client)
+        connection.on_abort = me.cancel  # wakes this handler wherever it waits: see the except below
+        # Queued before the first await: a drain's retry and end, which may come during it, go after them.
+        connection.push(retry_frame(self.settings.retry_ms))
+        reset = plan.reset_frame() if plan is not None else None
+        if reset is not None:
+            connection.push(reset)
+        live_from = hub.add(connection)
+        if self.admission.draining:  # it began during the resume plan, after this stream was admitted
+            self._shut(connection)
         metrics.connections.inc()
         replaying: asyncio.Task[None] | None = None
         try:
             await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
-            connection.push(retry_frame(self.settings.retry_ms))
             if plan is not None:
-                reset = plan.reset_frame()
-                if reset is not None:
-                    connection.push(reset)
                 replaying = asyncio.create_task(self._replay(connection, plan.start_after, live_from))
             connection.open(send)
-            # uvicorn answers http.disconnect when the client goes, or once we completed the response.
+            # uvicorn answers http.disconnect when the client goes, or once we completed the response;
+            # when it cannot tell (see fastwrite.transport_closing), the connection's abort wakes us.
             while (await receive())["type"] != "http.disconnect":
                 pass
         except asyncio.CancelledError:
-            if connection.end_reason != "slow_consumer":
+            # abort() cancels this task to end the stream now; any other cancellation goes on.
+            if not connection.closed or me.uncancel() > 0:
                 raise
-            me.uncancel()
-            log.info("slow_consumer_disconnected", client=request.client)
+            log.info("stream_aborted", reason=connection.end_reason, client=request.client)
         finally:
             connection.close()
-            hub.remove(connection, request.client)
+            hub.remove(connection)
             if connection.end_reason is not None:
                 metrics.ended.labels(reason=connection.end_reason).inc()
             if replaying is not None:

@@ -19,7 +19,7 @@ from core.frontroutes import FrontRoutedApp
 from core.settings import Settings
 from stream import connection, fastwrite
 from stream.app import create_app
-from stream.fastwrite import CYCLE_ATTRIBUTES, FLOW_ATTRIBUTES, ChunkWriter, chunk, chunk_writer
+from stream.fastwrite import CYCLE_ATTRIBUTES, FLOW_ATTRIBUTES, ChunkWriter, chunk, chunk_writer, transport_closing
 
 
 async def test_on_the_pinned_uvicorn_events_are_written_straight_to_the_transport(
@@ -74,13 +74,17 @@ async def test_a_cycle_that_lacks_what_the_writer_reads_gets_no_writer_and_a_clo
         for name in (*CYCLE_ATTRIBUTES, *FLOW_ATTRIBUTES):
             fastwrite._internals_present = None
             outcomes[name] = chunk_writer(cast(Send, lacking(cycle, name).send))
+            fastwrite._internals_present = None
+            outcomes[f"closing, lacking {name}"] = transport_closing(cast(Send, lacking(cycle, name).send))
         outcomes["complete, after a failed check"] = chunk_writer(send)  # checked once per process
         fastwrite._internals_present = None
-        writer = chunk_writer(send)
-        assert writer is not None
+        writer, closing = chunk_writer(send), transport_closing(send)
+        assert writer is not None and closing is not None
         outcomes["written"] = writer(chunk(b"fast"))
+        outcomes["closing"] = closing()
         cycle.transport.close()
         outcomes["written after close"] = writer(chunk(b"late"))
+        outcomes["closing after close"] = closing()
 
     app = FrontRoutedApp()
     app.front_routes[("GET", "/probe")] = probe
@@ -96,12 +100,15 @@ async def test_a_cycle_that_lacks_what_the_writer_reads_gets_no_writer_and_a_clo
     missing = [*(f"RequestResponseCycle.{name}" for name in CYCLE_ATTRIBUTES), "FlowControl.write_paused"]
     assert outcomes == {
         **{name: None for name in (*CYCLE_ATTRIBUTES, *FLOW_ATTRIBUTES)},
+        **{f"closing, lacking {name}": None for name in (*CYCLE_ATTRIBUTES, *FLOW_ATTRIBUTES)},
         "complete, after a failed check": None,
         "written": True,
+        "closing": False,
         "written after close": False,
+        "closing after close": True,
     }
     assert [entry["missing"] for entry in logs if entry["event"] == "uvicorn_internals_missing"] == [
-        [name] for name in missing
+        [name] for name in missing for _ in ("writer", "closing")
     ]
     head, _, body = received.partition(b"\r\n\r\n")
     assert b"transfer-encoding: chunked" in head.lower()

@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from support.metrics import metric, metric_becomes
 from support.sse import EVENT_TIMEOUT_S, Serve, events, seqs, take
 
 from core.readings import Reading, stored_payload
@@ -24,25 +25,6 @@ CUT_OFF_WITHIN_S = 60.0  # rounds until any kernel's socket buffers are full, pl
 
 def reading_values(received: list[Any]) -> list[float]:
     return [json.loads(event.data)["value"] for event in received if event.event == "reading"]
-
-
-async def metric(url: str, name: str) -> float:
-    """One sample of the service's /metrics, as a user's Prometheus would read it."""
-    async with httpx.AsyncClient() as client:
-        text = (await client.get(f"{url}/metrics")).text
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[-1])
-    return 0.0
-
-
-async def metric_becomes(url: str, name: str, value: float) -> None:
-    """Poll a metric until it shows ``value``: the server counts a stream's end after the client saw it."""
-    async with asyncio.timeout(EVENT_TIMEOUT_S):
-        while True:
-            if await metric(url, name) == value:
-                return
-            await asyncio.sleep(0.02)
 
 
 async def test_max_events_ends_the_stream_and_resume_loses_nothing(
@@ -210,7 +192,7 @@ async def test_drain_ends_every_stream_with_a_short_retry(make_settings: Callabl
         client.stream("GET", f"{url}/v1/stream", params={"topic": "a.>"}) as first,
         client.stream("GET", f"{url}/v1/stream", params={"topic": "b.>"}) as second,
     ):
-        app.state.hub.request_drain()  # what the signal handler calls, from outside the server's loop
+        app.state.on_shutdown_signal()  # what the signal handler calls, from outside the server's loop
         for response in (first, second):
             body = (await response.aread()).decode()  # returns once the server closed the stream
             *_, retry, end = body.strip().split("\n\n")

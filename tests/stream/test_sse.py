@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 from httpx_sse import ServerSentEvent
-from support.sse import EVENT_TIMEOUT_S, Serve, events, seqs, take
+from support.sse import EVENT_TIMEOUT_S, Serve, events, raw_connection, raw_requests, seqs, take
 
 from core.settings import Settings
 from stream.app import create_app
@@ -178,6 +178,14 @@ async def test_id_beyond_the_stream_resets_to_everything_stored(settings: Settin
         ({}, {}, "topic"),
         ({"topic": "a.b.c", "last_event_id": "-1"}, {}, "last_event_id"),
         ({"topic": "a.b.c"}, {"Last-Event-ID": "abc"}, "Last-Event-ID"),
+        ({"topic": "a.b.c", "max_events": "9" * 400}, {}, "max_events"),  # overflowed a float: was a 500
+        ({"topic": "a.b.c", "max_events": "0"}, {}, "max_events"),
+        ({"topic": "a.b.c", "max_events": "2.5"}, {}, "max_events"),
+        ({"topic": "a.b.c", "rate": "1e999"}, {}, "rate"),
+        ({"topic": "a.b.c", "rate": "inf"}, {}, "rate"),
+        ({"topic": "a.b.c", "rate": "nan"}, {}, "rate"),
+        ({"topic": "a.b.c", "rate": "9" * 400}, {}, "rate"),
+        ({"topic": "a.b.c", "rate": "-1"}, {}, "rate"),
     ],
 )
 async def test_bad_requests_get_a_400_naming_the_field(
@@ -190,6 +198,35 @@ async def test_bad_requests_get_a_400_naming_the_field(
     error = response.json()["error"]
     assert error["field"] == field
     assert error["message"]
+
+
+async def test_a_long_bad_value_is_not_echoed_whole(settings: Settings, serve: Serve) -> None:
+    pattern = "a." + "x" * 10_000 + ".c"
+    async with serve(create_app(settings)) as url, httpx.AsyncClient() as client:
+        response = await client.get(f"{url}/v1/stream", params={"topic": pattern})
+    message = response.json()["error"]["message"]
+    assert response.status_code == 400
+    assert "token 2 of 'a.xxx" in message
+    assert len(message) < 400
+
+
+@pytest.mark.parametrize("http", ["httptools", "h11"])
+async def test_a_request_pipelined_behind_a_stream_is_never_served(
+    settings: Settings, serve: Serve, publish: Any, http: str
+) -> None:
+    """An SSE response says ``Connection: close``: what was pipelined behind it is dropped with the connection."""
+    await publish("s", "d", "m", [1.0])
+    async with serve(create_app(settings), http=http) as url:
+        reader, writer = await raw_connection(url)
+        writer.write(raw_requests("/v1/stream?topic=s.%3E&last_event_id=0&max_events=1", "/healthz"))
+        received = await asyncio.wait_for(reader.read(), EVENT_TIMEOUT_S)  # until the server closes
+        writer.close()
+        await writer.wait_closed()
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert b"\r\nconnection: close\r\n" in head.lower()
+    assert received.count(b"HTTP/1.1 ") == 1
+    assert b'data: {"reason":"max_events"}' in body
+    assert body.endswith(b"0\r\n\r\n")  # the stream's last chunk, and nothing after it
 
 
 async def test_not_ready_without_nats(make_settings: Callable[..., Settings], serve: Serve) -> None:

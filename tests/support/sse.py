@@ -48,3 +48,14 @@ async def take(
 
 def seqs(events_: list[ServerSentEvent]) -> list[int]:
     return [int(event.id) for event in events_]
+
+
+def raw_requests(*targets: str) -> bytes:
+    """GET requests (path and query each) as a client writes them on one connection: pipelined when several."""
+    return b"".join(f"GET {target} HTTP/1.1\r\nHost: test\r\n\r\n".encode() for target in targets)
+
+
+async def raw_connection(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A plain TCP connection to the service at ``url``, for what an HTTP client library would not send."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    return await asyncio.open_connection(host, int(port))
