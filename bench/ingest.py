@@ -107,7 +107,7 @@ async def ceiling(nats_url: str, in_flight: int, warmup_s: float, duration_s: fl
                 f"{PREFIX}.plant1.dev-{device:05d}.temperature",
                 template % (device, device, tag.encode(), sequence),
                 stream=STREAM,
-                headers={"Nats-Msg-Id": f"{tag}-{sequence:09d}"},
+                headers={"Nats-Msg-Id": f"plant1.dev-{device:05d}.{tag}-{sequence:09d}"},  # as ingest writes it
             )
             future.add_done_callback(count)
     await js.publish_async_completed()

@@ -15,10 +15,15 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 
 class FrontRoutedApp(FastAPI):
-    """A FastAPI app that hands ``(method, path)`` pairs in ``front_routes`` straight to their endpoint."""
+    """A FastAPI app that hands ``(method, path)`` pairs in ``front_routes`` straight to their endpoint.
+
+    A path with a trailing slash is a 404 like any unknown path, not a redirect: Starlette's redirect
+    builds its ``Location`` from the request's ``Host`` header, so anyone could make the service send
+    clients elsewhere, and a redirected POST loses its body with many clients.
+    """
 
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+        super().__init__(redirect_slashes=False, **kwargs)
         self.front_routes: dict[tuple[str, str], ASGIApp] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

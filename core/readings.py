@@ -7,7 +7,6 @@ JetStream, ``event_frame`` turns a stored message into the SSE bytes every subsc
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -31,6 +30,7 @@ FiniteNumber = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 MAX_TAGS = 16
 MAX_TAG_VALUE_CHARS = 256
 READING_ID_PATTERN = r"^[\x21-\x7e]{1,128}$"
+DEDUP_ID_MAX_CHARS = 64 + 1 + 64 + 1 + 128  # site.device.id
 EARLIEST_TS = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST_TS = datetime(9999, 12, 31, tzinfo=UTC)
 
@@ -62,7 +62,8 @@ class Reading(BaseModel):
         if isinstance(value, bool):
             raise ValueError("ts must be an RFC 3339 string or epoch seconds")
         if isinstance(value, int | float):
-            if not math.isfinite(value) or not 0 <= value < LATEST_TS.timestamp():
+            # One comparison refuses NaN and infinities too; math.isfinite(10**400) would raise OverflowError.
+            if not 0 <= value < LATEST_TS.timestamp():
                 raise ValueError("ts in epoch seconds must be between 0 and year 9999")
             return datetime.fromtimestamp(value, UTC)
         if isinstance(value, str):
@@ -82,6 +83,16 @@ class Reading(BaseModel):
     def topic(self) -> str:
         """``site.device.metric``: what dashboards subscribe to."""
         return topic_of(self.site, self.device, self.metric)
+
+    @property
+    def dedup_id(self) -> str | None:
+        """``site.device.id``, the ``Nats-Msg-Id`` JetStream de-duplicates on, or None without an id.
+
+        JetStream de-duplicates per stream: with the id alone, a reading of one device was taken for a
+        retry of another's that happened to use the same id, and not stored. Site and device are tokens
+        (no dot), so the id is unambiguous, and visible ASCII like the id itself.
+        """
+        return None if self.id is None else f"{self.site}.{self.device}.{self.id}"
 
 
 def format_ts(moment: datetime) -> str:

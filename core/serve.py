@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI
+
+from core.httpprotocol import HttpLimits, protocol_class
+from core.settings import Settings
 
 
 def server_config(
@@ -15,14 +19,18 @@ def server_config(
     port: int,
     graceful_s: int,
     forwarded_allow_ips: str,
+    http_limits: HttpLimits,
     http: str = "auto",
     loop: str = "auto",
 ) -> uvicorn.Config:
-    """uvicorn settings: our own JSON logs (no access log), uvloop, httptools, bounded graceful shutdown.
+    """uvicorn settings: our own JSON logs (no access log), uvloop, httptools with the limits of
+    core/httpprotocol.py, bounded graceful shutdown.
 
     ``http="h11"`` and ``loop="asyncio"`` are for the tests: the service runs the same on the paths that do not
-    depend on httptools or uvloop.
+    depend on httptools or uvloop. h11 has a head size limit of its own (answered 400, by uvicorn) and no head
+    timeout.
     """
+    protocol: type[asyncio.Protocol] | str = protocol_class(http_limits) if http in ("auto", "httptools") else http
     return uvicorn.Config(
         app,
         host=host,
@@ -30,7 +38,8 @@ def server_config(
         log_config=None,
         access_log=False,
         loop=loop,
-        http=http,
+        http=protocol,
+        h11_max_incomplete_event_size=http_limits.max_head_bytes,
         lifespan="on",
         timeout_graceful_shutdown=graceful_s,
         server_header=False,
@@ -56,7 +65,10 @@ class DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def serve(app: FastAPI, host: str, port: int, graceful_s: int, forwarded_allow_ips: str) -> None:
+def serve(app: FastAPI, settings: Settings, host: str, port: int) -> None:
     """Serve until SIGINT/SIGTERM; blocks. ``app.state.on_shutdown_signal``, if set, runs at the first signal."""
     on_signal = getattr(app.state, "on_shutdown_signal", None)
-    DrainingServer(server_config(app, host, port, graceful_s, forwarded_allow_ips), on_signal).run()
+    config = server_config(
+        app, host, port, settings.shutdown_grace_s, settings.forwarded_allow_ips, HttpLimits.of(settings)
+    )
+    DrainingServer(config, on_signal).run()

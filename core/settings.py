@@ -58,6 +58,28 @@ class Settings(BaseSettings):
             "per-client limits then see the real client behind them."
         ),
     )
+    request_head_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description=(
+            "Longest wait for a complete request head (request line and headers), from the connection's start "
+            "or the previous answer; then the connection is closed."
+        ),
+    )
+    max_request_head_bytes: int = Field(
+        default=64 << 10, ge=1024, description="Largest request head (request line and headers); larger is a 431."
+    )
+    discard_max_bytes: int = Field(
+        default=8 << 20,
+        ge=0,
+        description=(
+            "Most bytes of a refused request (the rest of its body, or of a head over the limit) read and dropped "
+            "so that the client reads the answer; beyond, the connection is closed."
+        ),
+    )
+    discard_timeout_s: float = Field(
+        default=10.0, ge=0, description="Longest time spent reading and dropping the rest of a refused request."
+    )
 
     # Ingest limits
     max_body_bytes: int = Field(default=1 << 20, gt=0, description="Largest accepted request body.")

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import structlog
 from fastapi import FastAPI
+from starlette.types import Receive, Scope, Send
 
 from core.errors import install_error_handlers
 from core.frontroutes import FrontRoutedApp
 from core.health import health_router
 from core.jetstream import JetStreamLink
 from core.settings import Settings
+from ingest.drain import DrainedRequest
 from ingest.endpoint import ReadingsEndpoint, readings_router
 from ingest.metrics import IngestMetrics
 from ingest.publisher import Publisher
@@ -21,7 +24,22 @@ from ingest.ratelimit import DeviceRateLimiter
 log = structlog.get_logger(__name__)
 
 
-def create_app(settings: Settings) -> FrontRoutedApp:
+class IngestApp(FrontRoutedApp):
+    """The ingest service's app: an answer given before the request's body ended drains the rest (ingest/drain.py)."""
+
+    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.discard_max_bytes = settings.discard_max_bytes
+        self.discard_timeout_s = settings.discard_timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            request = DrainedRequest(scope, receive, send, self.discard_max_bytes, self.discard_timeout_s)
+            receive, send = request.receive, request.send
+        await super().__call__(scope, receive, send)
+
+
+def create_app(settings: Settings) -> IngestApp:
     """Build the ingest service; NATS is connected in the background at start-up."""
     metrics = IngestMetrics()
     link = JetStreamLink(settings, "ingest")
@@ -49,7 +67,8 @@ def create_app(settings: Settings) -> FrontRoutedApp:
         finally:
             await link.stop()
 
-    app = FrontRoutedApp(
+    app = IngestApp(
+        settings,
         title="Telemetry ingest",
         summary="Devices POST sensor readings; each is answered only once JetStream stored it.",
         version="0.1.0",

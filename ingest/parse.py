@@ -1,14 +1,21 @@
 """From a request body to validated readings, or an error that names every bad item.
 
 The whole request is checked before anything is published, in order of cost: media type and coding,
-size, UTF-8, JSON syntax, shape, batch length, then every reading at once. A JSON body (an object or an
-array) is parsed whole; an NDJSON body is parsed line by line as it arrives, so only the parsed readings
-are kept, and reading stops at the first line past ``max_batch``.
+size, UTF-8, JSON syntax, shape, batch length, then every reading at once. A JSON body is parsed whole
+when it has no more commas than ``max_batch`` readings can hold (each JSON value but the first of its
+array or object follows one, so that bounds the work); otherwise an array is parsed one element at a time
+(by the C scanner ``json.loads`` uses) and refused at the first element past ``max_batch``: 8 MB of
+``[[],[],...]`` blocked the event loop for a second when parsed whole. Element by element costs 0.5 to
+1 µs more per reading, hence the count first (0.06 µs a reading). An NDJSON body is parsed line by line
+as it arrives, so only the parsed readings are kept, and reading stops at the first line past
+``max_batch``.
 """
 
 from __future__ import annotations
 
 import json
+import json.scanner
+import re
 from contextlib import aclosing
 from typing import Any
 
@@ -21,8 +28,13 @@ from core.settings import Settings
 from ingest.body import BodyFormat, body_chunks, check_content_type, read_body
 
 MAX_ERROR_DETAILS = 100
+COMMAS_PER_READING = 32  # a reading has at most 23 outside its strings: 8 fields, 16 tags, one after it
 
 READINGS: TypeAdapter[list[Reading]] = TypeAdapter(list[Reading])
+# One value from a position: (value, end), or StopIteration. typeshed types its argument as a scanner (a TODO there).
+_scan = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
+_SPACE_RUN = re.compile(r"[ \t\n\r]*")
+_SPACE = frozenset(" \t\n\r")  # JSON's whitespace
 
 
 class MalformedJson(ApiError):
@@ -62,7 +74,7 @@ async def read_readings(request: Request, settings: Settings) -> list[Reading]:
 
 def parse_readings(body: bytes, max_batch: int) -> list[Reading]:
     """Validated readings from one object or a non-empty array of at most ``max_batch`` objects."""
-    document = _loads(body, where="")
+    document = _loads(body, where="", max_items=max_batch)
     if isinstance(document, dict):
         return _validate([document], single=True)
     if not isinstance(document, list):
@@ -72,8 +84,53 @@ def parse_readings(body: bytes, max_batch: int) -> list[Reading]:
     if not document:
         raise InvalidReadings("the batch is empty; send at least one reading")
     if len(document) > max_batch:
-        raise BatchTooLarge(f"a batch holds at most {max_batch} readings; this one has {len(document)}")
+        raise _too_many(max_batch)
     return _validate(document, single=False)
+
+
+def _too_many(max_batch: int) -> BatchTooLarge:
+    return BatchTooLarge(f"a batch holds at most {max_batch} readings; this one has more")
+
+
+def _skip_space(text: str, position: int) -> int:
+    """Where the JSON whitespace at ``position`` ends."""
+    space = _SPACE_RUN.match(text, position)
+    assert space is not None  # a run of no space matches too
+    return space.end()
+
+
+def _array_items(text: str, start: int, max_items: int) -> list[Any]:
+    """The elements of the JSON array opening at ``start``, which must end the text, parsed one at a time and
+    refused at the first past ``max_items``; syntax errors are json.loads's own, at the same positions."""
+    items: list[Any] = []
+    end = _skip_space(text, start + 1)
+    if text.startswith("]", end):
+        end += 1
+    else:
+        while True:
+            try:
+                item, end = _scan(text, end)
+            except StopIteration as err:
+                raise json.JSONDecodeError("Expecting value", text, err.value) from None
+            if len(items) == max_items:
+                raise _too_many(max_items)
+            items.append(item)
+            delimiter = text[end : end + 1]
+            if delimiter in _SPACE:  # the regular expression only where there is space: it costs a reading's 5 %
+                end = _skip_space(text, end)
+                delimiter = text[end : end + 1]
+            if delimiter == "]":
+                end += 1
+                break
+            if delimiter != ",":
+                raise json.JSONDecodeError("Expecting ',' delimiter", text, end)
+            end += 1
+            if text[end : end + 1] in _SPACE:
+                end = _skip_space(text, end)
+    end = _skip_space(text, end)
+    if end != len(text):
+        raise json.JSONDecodeError("Extra data", text, end)
+    return items
 
 
 class NdjsonLines:
@@ -112,17 +169,23 @@ class NdjsonLines:
         if not line.strip():
             return
         if len(self._items) == self._max_batch:
-            raise BatchTooLarge(f"a batch holds at most {self._max_batch} readings; this one has more")
+            raise _too_many(self._max_batch)
         self._items.append(_loads(line, where=f"line {self._line}: "))
         self._lines.append(self._line)
 
 
-def _loads(body: bytes | bytearray, *, where: str) -> Any:
+def _loads(body: bytes | bytearray, *, where: str, max_items: int | None = None) -> Any:
+    """The JSON document; an array with more commas than ``max_items`` readings hold is parsed an element at a time,
+    and refused at the first element past ``max_items``."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as err:
         raise MalformedJson(f"{where}the body is not UTF-8: invalid byte at position {err.start}") from None
     try:
+        if max_items is not None and text.count(",") > COMMAS_PER_READING * max_items:
+            start = _skip_space(text, 0)
+            if text.startswith("[", start):
+                return _array_items(text, start, max_items)
         return json.loads(text)
     except json.JSONDecodeError as err:
         position = f"line {err.lineno} column {err.colno} (char {err.pos})" if not where else f"column {err.colno}"

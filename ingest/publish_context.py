@@ -34,12 +34,15 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import Header, PubAck
 
+from core.readings import DEDUP_ID_MAX_CHARS
+
 log = structlog.get_logger(__name__)
 
 NUID_AND_DOT_CHARS = 22 + 2  # how nats-py cuts a publish token out of its reply subject
 HEADER_LINE = b"NATS/1.0\r\n"
 MSG_ID = Header.MSG_ID.value.encode()
-MSG_ID_VALUE = re.compile(r"[\x21-\x7e]{1,128}")  # a reading id (core.readings): safe as a header value
+# A reading's de-duplication id (core.readings): safe as a header value.
+MSG_ID_VALUE = re.compile(rf"[\x21-\x7e]{{1,{DEDUP_ID_MAX_CHARS}}}")
 
 # What the lean path and the reply workaround use of nats-py: coroutine methods, looked up on nats-py's
 # classes, and attributes with their types, looked up on the client or context in use.

@@ -139,7 +139,7 @@ class Publisher:
             # The timeout bounds the one wait a publish may do: for one of the max_in_flight slots.
             async with asyncio.timeout_at(deadline) as window:
                 for reading, (topic, payload) in zip(readings, encoded, strict=True):
-                    futures.append(await js.publish_reading(subjects.for_topic(topic), payload, reading.id))
+                    futures.append(await js.publish_reading(subjects.for_topic(topic), payload, reading.dedup_id))
         except TimeoutError:
             if js.slots_full():
                 return (

@@ -139,7 +139,7 @@ def _serve(settings: Settings, create_app: Callable[[Settings], FastAPI], host: 
     from core.serve import serve
 
     configure_logging(settings.log_level, settings.log_format)
-    serve(create_app(settings), host, port, settings.shutdown_grace_s, settings.forwarded_allow_ips)
+    serve(create_app(settings), settings, host, port)
     return 0
 
 

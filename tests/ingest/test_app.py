@@ -57,7 +57,7 @@ async def test_single_reading_is_stored(
 
     stored = await js.get_msg(settings.stream_name, result["seq"])
     assert stored.subject == f"{settings.subject_prefix}.plant1.boiler-7.temperature"
-    assert stored.headers is not None and stored.headers["Nats-Msg-Id"] == "boiler-7-000001"
+    assert stored.headers is not None and stored.headers["Nats-Msg-Id"] == "plant1.boiler-7.boiler-7-000001"
     assert stored.data is not None
     payload = json.loads(stored.data)
     received_at = datetime.fromisoformat(payload.pop("received_at"))
@@ -140,6 +140,29 @@ async def test_same_id_is_stored_once(
     assert original["duplicate"] is False and new["duplicate"] is False
     assert repeated == {**original, "duplicate": True}
     assert await message_count(js, settings) == 2
+
+
+async def test_ids_need_only_be_unique_per_device(
+    settings: Settings, serve: Serve, client: httpx.AsyncClient, js: JetStreamContext
+) -> None:
+    # JetStream de-duplicates per stream: with the id alone, the victim's reading was taken for a retry of the
+    # other device's, answered duplicate, and not stored.
+    other = reading(site="evil", device="x", id="X")
+    victim = reading(site="plant1", device="victim", id="X")
+    longest = reading(site="s" * 64, device="d" * 64, id="~" * 128)
+    async with serve(create_app(settings)) as url:
+        first = await client.post(f"{url}/v1/readings", json=[other, longest])
+        second = await client.post(f"{url}/v1/readings", json=victim)
+        retried = await client.post(f"{url}/v1/readings", json=[victim, longest])
+
+    assert [r["duplicate"] for r in first.json()["results"] + second.json()["results"]] == [False] * 3
+    stored_other, stored_longest = first.json()["results"]
+    [stored_victim] = second.json()["results"]
+    assert stored_victim["seq"] != stored_other["seq"]
+    assert retried.json()["results"] == [{**stored_victim, "duplicate": True}, {**stored_longest, "duplicate": True}]
+    assert await message_count(js, settings) == 3
+    message = await js.get_msg(settings.stream_name, stored_longest["seq"])
+    assert message.headers is not None and message.headers["Nats-Msg-Id"] == f"{'s' * 64}.{'d' * 64}.{'~' * 128}"
 
 
 async def test_malformed_json_is_400_with_the_position(
@@ -243,6 +266,11 @@ async def test_json_with_a_charset_parameter_is_accepted(
         (json.dumps(reading(site=">")), "site", "must be 1-64 characters"),
         (json.dumps(reading(tags={"room": 1})), "tags.room", "Input should be a valid string"),
         (json.dumps(reading(vlaue=1)), "vlaue", "Extra inputs are not permitted"),
+        # Numbers beyond a float's range: int-to-float conversions raise OverflowError, which is no 422 by itself.
+        ('{"device": "d", "metric": "m", "value": 1, "ts": %s}' % ("9" * 400), "ts", "Value error, ts in epoch"),
+        ('{"device": "d", "metric": "m", "value": 1, "ts": -%s}' % ("9" * 400), "ts", "Value error, ts in epoch"),
+        ('{"device": "d", "metric": "m", "value": 1, "ts": 1e400}', "ts", "Value error, ts in epoch"),
+        ('{"device": "d", "metric": "m", "value": %s}' % ("9" * 400), "value", "Input should be a valid number"),
     ],
 )
 async def test_invalid_single_reading_is_422_naming_the_field(

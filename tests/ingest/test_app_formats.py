@@ -138,6 +138,17 @@ async def test_ndjson_error_names_the_line_and_stores_nothing(
     assert (await js.stream_info(settings.stream_name)).state.messages == 0
 
 
+async def test_a_ts_beyond_a_floats_range_is_422_naming_the_line_not_500(
+    settings: Settings, serve: Serve, client: httpx.AsyncClient
+) -> None:
+    body = ndjson([reading(0)]) + b'{"device": "d", "metric": "m", "value": 1, "ts": %s}\n' % (b"9" * 400)
+    async with serve(create_app(settings)) as url:
+        response = await client.post(f"{url}/v1/readings", content=body, headers=NDJSON)
+    assert response.status_code == 422, response.text
+    [detail] = response.json()["error"]["details"]
+    assert (detail["index"], detail["line"], detail["field"]) == (1, 2, "ts")
+
+
 async def test_an_endless_ndjson_body_is_refused_before_it_ends(
     make_settings: Callable[..., Settings], serve: Serve
 ) -> None:

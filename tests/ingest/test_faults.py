@@ -97,6 +97,11 @@ class Devices(BackgroundWriters):
                 await self.count_stored(len(ids))
 
 
+def dedup_id(reading: dict[str, Any]) -> str:
+    """The ``Nats-Msg-Id`` the ingest gives a reading: its id scoped to its device."""
+    return f"{reading['site']}.{reading['device']}.{reading['id']}"
+
+
 def check_every_answer(answers: list[Answer]) -> None:
     """Only 202s and 503s (with Retry-After), each within the bound: a fault is never a 500 or a hang."""
     assert Counter(a.status for a in answers).keys() <= {202, 503}, Counter(a.status for a in answers)
@@ -141,7 +146,7 @@ async def test_a_node_killed_under_load_loses_no_acknowledged_reading(
                 await kill_and_restart(node, js, settings.stream_name, devices, readings=600)
         finally:
             await devices.stop()
-        stored = await stored_ids(js, settings.stream_name, f"{settings.subject_prefix}.>")
+        stored = await stored_ids(js, settings.stream_name, f"{settings.subject_prefix}.>", dedup_id)
 
     check_every_answer(devices.answers)
     # Every batch was retried until it got its 202, so the stream holds exactly the readings sent, each once.
@@ -168,7 +173,7 @@ async def test_whole_cluster_down_is_503_and_the_service_heals_when_it_is_back(
         healed = await post_until_stored(client, url, during_ids)
         again = await post(client, url, before_ids)
         async with jetstream(nats_cluster) as js:
-            stored = await stored_ids(js, settings.stream_name, f"{settings.subject_prefix}.>")
+            stored = await stored_ids(js, settings.stream_name, f"{settings.subject_prefix}.>", dedup_id)
 
     assert before.status == 202
     assert [a.status for a in down] == [503] * 5
@@ -207,7 +212,7 @@ async def test_a_client_retrying_after_its_timeout_stores_each_reading_once(
         if leader_then == "dies":
             await asyncio.to_thread(leader.start)
         await replicas_current(js, settings.stream_name)
-        stored = await stored_ids(js, settings.stream_name, f"{settings.subject_prefix}.>")
+        stored = await stored_ids(js, settings.stream_name, f"{settings.subject_prefix}.>", dedup_id)
 
     check_every_answer([first, *retries, again])
     assert again.results == [{**r, "duplicate": True} for r in first.results]

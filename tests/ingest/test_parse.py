@@ -104,3 +104,65 @@ def test_ndjson_stops_at_the_first_line_past_max_batch() -> None:
 def test_ndjson_without_a_reading_is_422(body: bytes) -> None:
     with pytest.raises(InvalidReadings, match="no reading"):
         fed(body, 3).readings()
+
+
+def test_a_json_array_past_max_batch_is_refused_before_the_rest_is_parsed() -> None:
+    # The syntax error at the end is never reached: parsing stopped at element 1001.
+    with pytest.raises(BatchTooLarge, match="at most 1000 readings"):
+        parse_readings(b"[" + b"[]," * 3_000_000 + b"oops]", max_batch=1000)
+    with pytest.raises(BatchTooLarge, match="at most 1000 readings"):
+        parse_readings(b"[" + b"1, " * 3_000_000 + b"oops]", max_batch=1000)
+
+
+COMMAS = '"' + "," * 100 + '"'  # commas inside a string count too: parsed element by element with max_batch=1
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"[{COMMAS} 2]",
+        f"[{COMMAS},]",
+        f"[{COMMAS}",
+        f"[{COMMAS},",
+        f"[{COMMAS}] x",
+        f"[ {COMMAS} ,\n ]",
+        f"[,{COMMAS}]",
+    ],
+)
+def test_an_array_parsed_element_by_element_has_the_errors_json_loads_gives(text: str) -> None:
+    with pytest.raises(MalformedJson) as whole:
+        parse_readings(text.encode(), max_batch=1000)  # few commas for 1000 readings: parsed whole
+    with pytest.raises(MalformedJson) as element_by_element:
+        parse_readings(text.encode(), max_batch=1)
+    assert element_by_element.value.message == whole.value.message
+
+
+def test_an_array_parsed_element_by_element_gives_the_same_readings() -> None:
+    items = [reading(n, tags={"note": "a, b, c, " * 20}) for n in range(3)]
+    body = json.dumps(items, indent=2).encode()
+    assert body.count(b",") > 32 * 3  # element by element
+    assert parse_readings(body, max_batch=3) == parse_readings(body, max_batch=1000)
+
+
+HUGE = "9" * 400
+OUT_OF_RANGE_TS = [HUGE, "-" + HUGE, "1e400", "-1e400", "NaN", "Infinity", "-Infinity", "1e308", "253402214400", "-1"]
+
+
+@pytest.mark.parametrize("ts", OUT_OF_RANGE_TS)
+def test_a_ts_out_of_range_is_422_naming_ts_in_json_and_ndjson(ts: str) -> None:
+    body = b'{"device": "d", "metric": "m", "value": 1, "ts": %s}' % ts.encode()
+    with pytest.raises(InvalidReadings) as as_json:
+        parse_readings(body, max_batch=1)
+    with pytest.raises(InvalidReadings) as as_ndjson:
+        fed(body + b"\n", 7).readings()
+    for invalid in (as_json.value, as_ndjson.value):
+        assert invalid.field == "ts"
+        assert invalid.details is not None
+        assert invalid.details[0]["message"] == "Value error, ts in epoch seconds must be between 0 and year 9999"
+
+
+@pytest.mark.parametrize("value", [HUGE, "-" + HUGE, "1e400", "NaN", "-Infinity"])
+def test_a_value_out_of_range_is_422_naming_value(value: str) -> None:
+    with pytest.raises(InvalidReadings) as invalid:
+        parse_readings(b'{"device": "d", "metric": "m", "value": %s}' % value.encode(), max_batch=1)
+    assert invalid.value.field == "value"

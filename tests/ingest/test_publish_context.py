@@ -21,6 +21,7 @@ from nats.js.api import PubAck
 from structlog.testing import capture_logs
 from support.natsproc import StoppableNatsServer
 
+from core.readings import DEDUP_ID_MAX_CHARS
 from core.settings import Settings
 from ingest import publish_context
 from ingest.app import create_app
@@ -217,7 +218,7 @@ async def test_without_the_internals_the_service_stores_and_acknowledges_through
     info = await js.stream_info(settings.stream_name)
     assert info.state.messages == 5
     stored = await js.get_msg(settings.stream_name, first.json()["results"][-1]["seq"])
-    assert stored.headers is not None and stored.headers["Nats-Msg-Id"] == "fallback-4"
+    assert stored.headers is not None and stored.headers["Nats-Msg-Id"] == "s.d.fallback-4"
 
 
 async def test_futures_fail_on_a_jetstream_error_and_free_their_slot(nc: NATS, settings: Settings) -> None:
@@ -229,7 +230,9 @@ async def test_futures_fail_on_a_jetstream_error_and_free_their_slot(nc: NATS, s
     assert js.publish_async_pending() == 0 and not js.slots_full()
 
 
-@pytest.mark.parametrize("msg_id", ["two\r\nNats-Expected-Stream: OTHER", "with space", "", "x" * 129])
+@pytest.mark.parametrize(
+    "msg_id", ["two\r\nNats-Expected-Stream: OTHER", "with space", "", "x" * (DEDUP_ID_MAX_CHARS + 1)]
+)
 async def test_an_id_that_is_not_a_safe_header_value_is_refused(
     nc: NATS, settings: Settings, monkeypatch: pytest.MonkeyPatch, msg_id: str
 ) -> None:

@@ -14,7 +14,7 @@ import json
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -186,21 +186,27 @@ async def replicas_current(js: JetStreamContext, stream: str, size: int = 3) -> 
             await asyncio.sleep(0.1)
 
 
-async def stored_ids(js: JetStreamContext, stream: str, subjects: str) -> dict[int, str]:
+async def stored_ids(
+    js: JetStreamContext, stream: str, subjects: str, msg_id: Callable[[dict[str, Any]], str] | None = None
+) -> dict[int, str]:
     """Every message of the stream, read with an ordered consumer: stream sequence -> reading id.
 
-    Right after a node came back the cluster may still be moving leaders: a read that times out, or
-    that JetStream calls temporarily unavailable, is started again, within the phase's deadline.
+    ``msg_id``, if given, is the ``Nats-Msg-Id`` every stored reading (as JSON) must carry: what the
+    writer de-duplicated on. Right after a node came back the cluster may still be moving leaders: a
+    read that times out, or that JetStream calls temporarily unavailable, is started again, within the
+    phase's deadline.
     """
     async with asyncio.timeout(PHASE_TIMEOUT_S):
         while True:
             try:
-                return await read_all(js, stream, subjects)
+                return await read_all(js, stream, subjects, msg_id)
             except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError):
                 await asyncio.sleep(0.2)
 
 
-async def read_all(js: JetStreamContext, stream: str, subjects: str) -> dict[int, str]:
+async def read_all(
+    js: JetStreamContext, stream: str, subjects: str, msg_id: Callable[[dict[str, Any]], str] | None
+) -> dict[int, str]:
     count = (await js.stream_info(stream)).state.messages
     sub = await js.subscribe(subjects, ordered_consumer=True, stream=stream)
     stored: dict[int, str] = {}
@@ -208,8 +214,10 @@ async def read_all(js: JetStreamContext, stream: str, subjects: str) -> dict[int
         for _ in range(count):
             message = await sub.next_msg(timeout=5.0)
             assert message.headers is not None and message.data is not None
-            assert json.loads(message.data)["id"] == message.headers["Nats-Msg-Id"]
-            stored[message.metadata.sequence.stream] = message.headers["Nats-Msg-Id"]
+            reading = json.loads(message.data)
+            if msg_id is not None:
+                assert message.headers["Nats-Msg-Id"] == msg_id(reading)
+            stored[message.metadata.sequence.stream] = reading["id"]
     finally:
         await sub.unsubscribe()
     return stored

@@ -20,13 +20,16 @@ import uvicorn
 from fastapi import FastAPI
 from support.net import wait_for_readyz
 
+from core.httpprotocol import HttpLimits
 from core.serve import server_config
+from core.settings import Settings
 
 ServerLoop = Literal["uvloop", "asyncio"]
 SERVER_LOOPS: tuple[ServerLoop, ...] = ("uvloop", "asyncio")
 START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 30.0
 Result = TypeVar("Result")
+DEFAULT_HTTP_LIMITS = HttpLimits.of(Settings.model_construct())  # the settings' defaults, whatever the environment
 
 
 class ThreadedServer(uvicorn.Server):
@@ -61,18 +64,21 @@ async def running(
     http: str = "auto",
     forwarded_allow_ips: str = "127.0.0.1",
     loop: ServerLoop = "uvloop",
+    http_limits: HttpLimits = DEFAULT_HTTP_LIMITS,
 ) -> AsyncIterator[str]:
     """Serve ``app`` on a socket bound beforehand; yields its URL once /readyz answers 200.
 
     With ``ready=False`` it yields as soon as the server listens (for tests of a service that cannot
     become ready); with a ``port``, a restarted service is found where its clients left it.
+    ``http_limits`` are the connection limits the service's settings give (``HttpLimits.of(settings)``).
     """
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
     sock.listen(1024)
     port = sock.getsockname()[1]
-    server = ThreadedServer(server_config(app, "127.0.0.1", port, 1, forwarded_allow_ips, http=http, loop=loop))
+    config = server_config(app, "127.0.0.1", port, 1, forwarded_allow_ips, http_limits, http=http, loop=loop)
+    server = ThreadedServer(config)
     thread = threading.Thread(target=server.run_in_thread, args=(sock,), name=f"server-{port}", daemon=True)
     thread.start()
     app.state.test_server = server

@@ -189,6 +189,10 @@ Integers go through int64: Helm reads numbers as floats and would print 10737418
   "TELEMETRY_STREAM_HOST" $t.listenHost
   "TELEMETRY_STREAM_PORT" (toString (int64 .Values.stream.containerPort))
   "TELEMETRY_FORWARDED_ALLOW_IPS" $t.forwardedAllowIps
+  "TELEMETRY_REQUEST_HEAD_TIMEOUT_S" (toString $t.http.requestHeadTimeoutS)
+  "TELEMETRY_MAX_REQUEST_HEAD_BYTES" (toString (int64 $t.http.maxRequestHeadBytes))
+  "TELEMETRY_DISCARD_MAX_BYTES" (toString (int64 $t.http.discardMaxBytes))
+  "TELEMETRY_DISCARD_TIMEOUT_S" (toString $t.http.discardTimeoutS)
   "TELEMETRY_MAX_BODY_BYTES" (toString (int64 $t.ingest.maxBodyBytes))
   "TELEMETRY_MAX_BATCH" (toString (int64 $t.ingest.maxBatch))
   "TELEMETRY_PUBLISH_TIMEOUT_S" (toString $t.ingest.publishTimeoutS)
