@@ -103,17 +103,28 @@ class OrderedFeed:
         self._resetting: asyncio.Task[None] | None = None
         self._monitor: asyncio.Task[None] | None = None
         self._closed = False
+        self._starting = False
+        self._reset_after_start: str | None = None  # a reset asked for while ``start`` was creating the consumer
         self._on_recreated = on_recreated
         self._stream_created = stream_created
 
     async def start(self) -> int:
-        """Create the consumer; returns how many matching messages it has to deliver right now."""
+        """Create the consumer; returns how many matching messages it has to deliver right now.
+
+        A reset asked for meanwhile (a stream-created advisory, a lost subscription) waits until this one is
+        created: two creations at once would each open a connection, and one of them would never be closed."""
+        self._starting = True
         try:
             pending = await self._create()
         except BaseException:
+            self._reset_after_start = None
             await self._drop_consumer()
             raise
+        finally:
+            self._starting = False
         self._monitor = asyncio.create_task(self._watch_heartbeats(), name=f"{self._name}-heartbeats")
+        if self._reset_after_start is not None:
+            self._reset(self._reset_after_start)
         return pending
 
     async def close(self) -> None:
@@ -203,6 +214,9 @@ class OrderedFeed:
     def _reset(self, reason: str) -> None:
         """Recreate the consumer from ``next_seq``, once at a time, retrying until it works."""
         if self._closed or (self._resetting is not None and not self._resetting.done()):
+            return
+        if self._starting:
+            self._reset_after_start = reason
             return
         log.info("feed_reset", feed=self._name, reason=reason, next_seq=self.next_seq)
         reader, consumer = self._detach()  # nothing more from the old subscription, from now on
