@@ -150,9 +150,14 @@ async def test_simulate_stops_when_its_reader_goes_away() -> None:
 
 
 # Holds the tail command in its import of telemetry.tail until stdin has a line: a Ctrl-C lands there for sure.
+# SIGINT is handled as Python does when started from a terminal, whatever this test inherited: a job started with
+# ``&`` by a script ignores SIGINT, and Python then leaves it ignored.
 STOPPED_IN_AN_IMPORT = """
+import signal
 import sys
 from telemetry.cli import main
+
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 def hold(event, args):
     if event == "import" and args[0] == "telemetry.tail":
