@@ -129,10 +129,30 @@ class Settings(BaseSettings):
     )
     max_connects_per_s: float = Field(default=500.0, gt=0, description="Most new SSE connections per second.")
     max_buffer_bytes: int = Field(
-        default=1 << 20, gt=0, description="Bytes a connection may have waiting; beyond it readings conflate."
+        default=1 << 20,
+        gt=0,
+        description=(
+            "Bytes a connection may have waiting; beyond it readings conflate, and conflated readings beyond it "
+            "end the stream."
+        ),
     )
     slow_consumer_timeout_s: float = Field(
-        default=10.0, gt=0, description="How long a connection may stay over max_buffer_bytes before it is closed."
+        default=10.0,
+        gt=0,
+        description="How long a connection may have bytes waiting with none reaching its client before it is closed.",
+    )
+    max_pending_bytes: int = Field(
+        default=128 << 20,
+        gt=0,
+        description=(
+            "Bytes all SSE connections of the process may have waiting; beyond it those furthest behind are "
+            "conflated, then closed."
+        ),
+    )
+    sse_send_buffer_bytes: int = Field(
+        default=64 << 10,
+        ge=0,
+        description="Kernel send buffer (SO_SNDBUF, doubled by the kernel) of each SSE socket; 0 leaves the kernel's.",
     )
     overload_retry_ms: int = Field(
         default=5000,

@@ -1,4 +1,5 @@
-"""The stream service's app factory: one NATS link, one hub, admission, the ticker, the SSE endpoint and the probes."""
+"""The stream service's app factory: one NATS link, one hub, admission, the pending budget, the ticker, the SSE
+endpoint and the probes."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from core.settings import Settings
 from stream.admission import Admission
 from stream.hub import Hub
 from stream.metrics import StreamMetrics
+from stream.slowconsumer import PendingBudget
 from stream.sse import EventStream, events_router
 from stream.ticker import Ticker
 
@@ -32,8 +34,10 @@ def create_app(settings: Settings) -> FrontRoutedApp:
     link = JetStreamLink(settings, "stream")
     hub = Hub(link, metrics)
     ticker = Ticker(hub.connections, settings)
-    event_stream = EventStream(hub, Admission(settings, metrics), settings)
+    budget = PendingBudget(settings.max_pending_bytes, hub.connections)
+    event_stream = EventStream(hub, Admission(settings, metrics), budget, settings)
     metrics.watch(lambda: (hub.events_sent, ticker.keepalives_sent))
+    metrics.pending_bytes.set_function(lambda: budget.total)
     loop: asyncio.AbstractEventLoop | None = None
 
     def drain_soon() -> None:

@@ -1,4 +1,4 @@
-"""One SSE subscriber: its patterns, its limits, the frames waiting to be written, and its place in the stream."""
+"""One SSE subscriber: its patterns, the frames waiting to be written, the writes, and its place in the stream."""
 
 from __future__ import annotations
 
@@ -12,8 +12,11 @@ from starlette.types import Send
 from core.readings import control_frame, retry_frame
 from core.topics import Pattern
 from stream.eager import run_eagerly
-from stream.fastwrite import ChunkWriter, chunk, chunk_writer, transport_closing
-from stream.limits import Limits, TokenBucket
+from stream.fastwrite import ChunkWriter, cap_send_buffer, chunk, chunk_writer, stream_transport, transport_closing
+from stream.limits import Limits
+from stream.metrics import Tally
+from stream.pacing import READING_PREFIX, Pacer
+from stream.slowconsumer import PendingBudget, Progress
 
 log = structlog.get_logger(__name__)
 
@@ -31,28 +34,34 @@ class Connection:
     by the hub), straight from the hub's stack when the socket takes them at once, otherwise by a
     task of this connection's own that finishes the write and writes what piled up meanwhile.
 
-    Live readings beyond the rate limit, or while the client is more than ``max_buffer_bytes``
-    behind, are conflated: only the latest reading per topic waits, and goes out when the budget
-    allows. A client that stays behind for ``slow_consumer_timeout_s`` is cut off (``abort``).
+    Live readings beyond the rate limit, or while more than ``max_buffer_bytes`` wait behind a write
+    the socket did not take, are conflated (``pacer``): only the latest reading per topic waits.
 
-    A write never raises to its caller: one client's broken transport ends that stream alone
-    (``abort``), and the hub's flush of every other connection goes on.
+    What it has waiting (``pending_bytes``: queued frames, a write under way, the transport's buffer,
+    conflated and held-back readings) is counted in the process's ``PendingBudget`` as it changes.
+    Bytes that stop reaching the client are the ticker's to notice (``stalled_for``); a client that does
+    not keep up is ended (``cut``), and one that is gone, or whose write failed, is dropped (``abort``).
+    A write never raises to its caller: one client's broken transport ends that stream alone, and the
+    hub's flush of every other connection goes on.
     """
 
     __slots__ = (
-        "_behind_since",
         "_budget",
-        "_flush_timer",
+        "_conflating",
         "_held",
-        "_latest",
-        "_loop",
+        "_held_bytes",
         "_mark_dirty",
-        "_on_conflated",
         "_send",
+        "_sent_bytes",
         "_single_chunk",
+        "_transport",
+        "_transport_bytes",
+        "_transport_chunk",
         "_transport_closing",
+        "_waiting",
         "_write_chunk",
         "_writer",
+        "_writer_bytes",
         "_writer_readings",
         "buffered_bytes",
         "closed",
@@ -68,7 +77,10 @@ class Connection:
         "limits",
         "on_abort",
         "on_written",
+        "pacer",
         "patterns",
+        "pending_bytes",
+        "progress",
         "replaying",
         "unsent_readings",
     )
@@ -81,7 +93,8 @@ class Connection:
         replaying: bool,
         limits: Limits,
         mark_dirty: Callable[[Connection], None],
-        on_conflated: Callable[[], None] = lambda: None,
+        budget: PendingBudget,
+        conflated: Tally,
     ) -> None:
         self.patterns = patterns
         self.last_seq = last_seq
@@ -94,43 +107,58 @@ class Connection:
         self.dirty = False
         self.drained = asyncio.Event()
         self.closed = False
-        self.ending = False
+        self.ending = False  # no more readings are taken: an ``end`` is queued, or the stream is closed
         self.end_reason: str | None = None
         self.on_abort: Callable[[], object] = lambda: None
         self.on_written: Callable[[int], None] = lambda readings: None
+        self.pacer = Pacer(limits.rate_per_s, on_due=self._release, conflated=conflated)
+        self._waiting = self.pacer.waiting  # the same dict, one attribute nearer: read on every delivery
+        self.last_write = time.monotonic()
+        self.progress = Progress(self.last_write)
+        self.pending_bytes = 0
+        self.deadline = float("inf")
+        self._budget = budget
+        self._conflating = False  # readings conflate until the write under way completes (conflate_queue)
+        self._mark_dirty = mark_dirty
+        self._held: list[tuple[int, str, bytes]] = []
+        self._held_bytes = 0
         self._send: Send | None = None
         self._writer: asyncio.Task[None] | None = None
-        self._mark_dirty = mark_dirty
-        self._on_conflated = on_conflated
-        self._held: list[tuple[int, str, bytes]] = []
-        self._latest: dict[str, tuple[int, bytes]] = {}
-        self._loop = asyncio.get_running_loop()
-        self._budget = TokenBucket(limits.rate_per_s)
-        self._flush_timer: asyncio.TimerHandle | None = None
-        self._behind_since: float | None = None
-        self.last_write = time.monotonic()
-        self.deadline = float("inf")
+        self._writer_bytes = 0
         self._writer_readings = 0
+        self._sent_bytes = 0  # handed to the transport (or to the server's send) so far
+        self._transport: asyncio.Transport | None = None
+        self._transport_bytes = 0  # in the transport's write buffer when last looked
+        self._transport_chunk = 0  # the largest write since the transport was last seen empty
         self._write_chunk: ChunkWriter | None = None
         self._single_chunk: bytes | None = None
         self._transport_closing: Callable[[], bool] | None = None
 
     def open(self, send: Send) -> None:
-        """The response has started: frames can be written with ``send`` from now on."""
+        """The response has started: frames can be written with ``send`` from now on, and what waits is written now.
+
+        In the same loop turn as the head: a half-closed client's EOF, read later, ends a stream under way only
+        after its ``retry`` went out (core/httpprotocol.py)."""
         self._send = send
         self._write_chunk = chunk_writer(send)
         self._transport_closing = transport_closing(send)
-        if self.frames and not self.dirty:
-            self.dirty = True
-            self._mark_dirty(self)
+        self._transport = stream_transport(send)
+        if self._transport is not None and self.limits.send_buffer_bytes:
+            cap_send_buffer(self._transport, self.limits.send_buffer_bytes)
+        if self.frames:  # the retry frame at least: written with the head, before the loop reads a client's EOF
+            written = self.flush(time.monotonic())
+            if written:
+                self.on_written(written)
 
     def deliver(self, seq: int, topic: str, frame: bytes, now: float, framed: bytes | None = None) -> None:
         """A live reading from the hub: held during a replay, rate limited and conflated otherwise."""
         if self.replaying:
             self._held.append((seq, topic, frame))
+            self._held_bytes += len(frame)
+            self._account()
         elif seq > self.last_seq and not self.ending:
             self.last_seq = seq
-            if self._latest or not self._may_send_now(now):
+            if self._waiting or not self._may_send_now(now):
                 self._conflate(topic, seq, frame)
             else:
                 self._queue_reading(frame, framed)
@@ -161,7 +189,8 @@ class Connection:
             self.end("stream_recreated", retry_ms=retry_ms)
             return False
         self.last_seq = first_seq - 1
-        self._latest.clear()  # conflated readings of the old stream: never sent after the reset
+        self.pacer.clear()  # conflated readings of the old stream: never sent after the reset
+        self._account()
         self.push(control_frame("reset", {"reason": "stream_recreated", "first_available_id": first_seq}))
         return True
 
@@ -169,9 +198,11 @@ class Connection:
         """Release the live frames held during the replay; those the replay already sent are dropped."""
         self.replaying = False
         held, self._held = self._held, []
+        self._held_bytes = 0
         now = time.monotonic()
         for seq, topic, frame in held:
             self.deliver(seq, topic, frame, now)
+        self._account()
 
     def flush(self, now: float) -> int:
         """Write everything pending as one chunk, now, unless a write is still under way.
@@ -181,18 +212,22 @@ class Connection:
         transport closed, ends this stream (``abort``) and leaves the caller's other connections be.
         """
         self.dirty = False
-        if self._writer is not None or self.closed or not self.frames or self._send is None:
+        if self.closed or self._send is None:
             return 0
         frames = self.frames
+        if self._writer is not None or not frames:
+            self._account()  # what piled up behind the write that waits for the socket, or was conflated
+            return 0
         readings = self.unsent_readings
         try:  # costs nothing until it catches (Python 3.11+), so it guards each write, not each event
             if self._write_chunk is not None and not self.ending:
                 single = self._single_chunk
-                if self._write_chunk(single if single is not None and len(frames) == 1 else chunk(b"".join(frames))):
+                data = single if single is not None and len(frames) == 1 else chunk(b"".join(frames))
+                if self._write_chunk(data):
                     self.frames = []
                     self.buffered_bytes = 0
                     self.unsent_readings = 0
-                    self._written(now)
+                    self._written(len(data), now)
                     return readings
             if self.client_gone():  # whatever uvicorn told the handler (see fastwrite.transport_closing)
                 self.abort("transport_closed")
@@ -204,33 +239,48 @@ class Connection:
             message = {"type": "http.response.body", "body": data, "more_body": not self.ending}
             writer = run_eagerly(self._send(message))  # type: ignore[arg-type]
             if writer is None:
-                self._written(now)
+                self._written(len(data), now)
                 return readings
             self._writer = writer
+            self._writer_bytes = len(data)
             self._writer_readings = readings
             writer.add_done_callback(self._on_writer_done)
+            self._account()
             return 0
         except Exception as err:  # a transport that raises (uvloop's, once closed): this client only
             log.debug("write_failed", error=repr(err))
             self.abort("write_failed")
             return 0
 
-    def _written(self, now: float) -> None:
+    def _written(self, size: int, now: float) -> None:
+        """``size`` bytes went to the transport: what it still holds, whether bytes move, what waited for room."""
+        self._sent_bytes += size
         self.last_write = now
-        if not self.frames:
-            self._behind_since = None
+        transport = self._transport
+        if transport is not None and transport.get_write_buffer_size():  # the kernel did not take all of it
+            self._look_at_transport(size)
+            self.progress.sample(self._sent_bytes - self._transport_bytes, True, now)
+        else:  # all of it reached the kernel (or a server we cannot look into took it): the hot path
+            self._transport_bytes = self._transport_chunk = 0
+            self.progress.moved_at = now
         if not self.drained.is_set():
             self.drained.set()
-        if self._latest and self._flush_timer is None:
-            self._flush_conflated()
+        if self.pacer.waiting:
+            if not self.pacer.scheduled:
+                self._release()
+            self._account()
+        elif self.pending_bytes:
+            self._account()
 
     def _on_writer_done(self, task: asyncio.Task[None]) -> None:
         self._writer = None
+        self._conflating = False
+        size, self._writer_bytes = self._writer_bytes, 0
         if task.cancelled() or task.exception() is not None:
             self.abort("write_failed")  # nothing more if close() cancelled it
             return
         self.on_written(self._writer_readings)
-        self._written(time.monotonic())
+        self._written(size, time.monotonic())
         if self.frames:
             self.flush(time.monotonic())
 
@@ -254,23 +304,113 @@ class Connection:
         """Whether the stream's transport is closed or closing (False where the server does not tell)."""
         return self._transport_closing is not None and self._transport_closing()
 
+    def stalled_for(self, now: float) -> float:
+        """Seconds bytes have waited to be written with none reaching the client's socket (0 while they move).
+
+        Looks at the transport's buffer, which the kernel drains between writes, and counts it in the budget.
+        """
+        self._look_at_transport(0)
+        self._account()
+        waiting = self.buffered_bytes + self._writer_bytes + self._transport_bytes > 0
+        return self.progress.sample(self._sent_bytes - self._transport_bytes, waiting, now)
+
+    def cut(self, reason: str) -> None:
+        """End a stream whose client does not keep up: with ``end`` if its socket takes it now, else a reset.
+
+        An ``end`` the socket cannot take would wait behind what the client does not read, and keep the
+        connection and its buffers for as long as the client stays: ``abort`` frees them at once.
+        """
+        if self.closed:
+            return
+        if not self.ending and self._writer is None and not self._transport_holds_bytes():
+            self.pacer.clear()
+            self.end(reason)
+            self.flush(time.monotonic())  # with the end: the response completes, and the handler returns
+            if self.closed or (self._writer is None and not self._transport_holds_bytes()):
+                return
+        self.abort(reason)
+
     def abort(self, reason: str) -> None:
-        """End the stream now without a word (its client is gone, or cut off), and wake its handler (``on_abort``)."""
+        """End the stream now without a word (its client is gone, or cut off), and wake its handler (``on_abort``).
+
+        The transport is aborted, not closed: closing would keep what it and the kernel hold until the
+        client read it.
+        """
         if self.closed:
             return
         self.end_reason = reason
         self.close()
+        if self._transport is not None:
+            self._transport.abort()
         self.on_abort()
 
     def close(self) -> None:
-        """Write nothing more (the client is gone, or it was cut off); stop any write under way."""
+        """Write nothing more (the stream ended, its client is gone, or it was cut off); drop what waits."""
         self.closed = True
+        self.ending = True
         self.drained.set()
-        if self._flush_timer is not None:
-            self._flush_timer.cancel()
-            self._flush_timer = None
+        self.pacer.clear()
+        self.frames = []
+        self.buffered_bytes = 0
+        self.unsent_readings = 0
+        self._held = []
+        self._held_bytes = 0
+        self._transport_bytes = 0
+        self._transport_chunk = 0
+        self._writer_bytes = 0
         if self._writer is not None:
             self._writer.cancel()
+        self._budget.add(-self.pending_bytes)
+        self.pending_bytes = 0
+
+    def conflate_queue(self) -> None:
+        """The budget's first step for a connection whose write waits for a full socket: its queued readings are
+        dropped (counted as conflated), and until that write completes only the latest reading per topic waits.
+
+        Control frames (``retry``, ``reset``, a keep-alive) stay queued; a write under way and the transport's
+        buffer stay as they are.
+        """
+        if self.ending or self.replaying or self._writer is None or not self.unsent_readings:
+            return
+        self.frames = [frame for frame in self.frames if not frame.startswith(READING_PREFIX)]
+        self.buffered_bytes = sum(map(len, self.frames))
+        self.pacer.count_dropped(self.unsent_readings)
+        if self.events_left > 0:
+            self.events_left += self.unsent_readings  # never sent
+        self.unsent_readings = 0
+        self._single_chunk = None
+        self._conflating = True
+        self._account()
+
+    def _account(self) -> None:
+        """This connection's share of the budget brought up to date (O(1): a change, not a sum over connections)."""
+        if self.closed:
+            return
+        pending = (
+            self.buffered_bytes
+            + self._writer_bytes
+            + self._transport_bytes
+            + self._transport_chunk
+            + self.pacer.bytes
+            + self._held_bytes
+        )
+        if pending != self.pending_bytes:
+            delta = pending - self.pending_bytes
+            self.pending_bytes = pending
+            self._budget.add(delta)
+
+    def _look_at_transport(self, written: int) -> None:
+        """What the transport holds after a write of ``written`` bytes (0: none): the bytes it has not sent yet, and
+        the largest write since it was last empty, which uvloop keeps whole until every byte of it is sent."""
+        transport = self._transport
+        self._transport_bytes = transport.get_write_buffer_size() if transport is not None else 0
+        if not self._transport_bytes:
+            self._transport_chunk = 0
+        elif written > self._transport_chunk:
+            self._transport_chunk = written
+
+    def _transport_holds_bytes(self) -> bool:
+        return self._transport is not None and self._transport.get_write_buffer_size() > 0
 
     def _queue_reading(self, frame: bytes, framed: bytes | None = None) -> None:
         self.unsent_readings += 1
@@ -281,42 +421,40 @@ class Connection:
                 self.end("max_events")
 
     def _behind(self) -> bool:
-        """More than ``max_buffer_bytes`` wait behind a write the socket did not take: the client is slow.
+        """More than ``max_buffer_bytes`` wait behind a write the socket did not take (or the budget conflated its
+        queue): the client is slow.
 
         Frames queued in this loop turn are not behind: they are all written at its end.
         """
-        return self._writer is not None and self.buffered_bytes > self.limits.max_buffer_bytes
+        return self._writer is not None and (self._conflating or self.buffered_bytes > self.limits.max_buffer_bytes)
 
     def _may_send_now(self, now: float) -> bool:
         """Spend a token of the rate budget, unless the client is too far behind to take more now."""
-        return not self._behind() and self._budget.take(now)
+        return not self._behind() and self.pacer.take(now)
 
     def _conflate(self, topic: str, seq: int, frame: bytes) -> None:
-        if topic in self._latest:
-            self._on_conflated()
-        self._latest[topic] = (seq, frame)
-        if self._behind():
-            now = time.monotonic()
-            if self._behind_since is None:
-                self._behind_since = now
-            elif now - self._behind_since > self.limits.slow_consumer_timeout_s:
-                self.abort("slow_consumer")
-                return
-        if self._flush_timer is None:
-            self._flush_timer = self._loop.call_later(self._budget.wait_s(), self._flush_conflated)
-
-    def _flush_conflated(self) -> None:
-        """Send conflated readings, oldest first, as far as the budget allows; come back for the rest."""
-        self._flush_timer = None
-        if self.closed or self.ending:
+        pacer = self.pacer
+        pacer.hold(topic, seq, frame)
+        if pacer.bytes > self.limits.max_buffer_bytes:
+            self.cut("slow_consumer")  # the latest readings of its topics alone are more than it may have waiting
             return
-        now = time.monotonic()
-        for topic, (_seq, frame) in sorted(self._latest.items(), key=lambda item: item[1][0]):
-            if not self._may_send_now(now):
-                break
-            del self._latest[topic]
+        if self._writer is None:
+            pacer.schedule()  # else released once the write under way completes (_written)
+        if not self.dirty:  # counted in the budget at the end of the turn (flush), not per reading
+            self.dirty = True
+            self._mark_dirty(self)
+
+    def _release(self) -> None:
+        """Queue waiting readings, oldest first, as far as the rate and ``max_buffer_bytes`` allow.
+
+        The rest goes out after the write of these (``_written``), or at the next token (``Pacer.schedule``).
+        """
+        if self.closed or self.ending or self._writer is not None:
+            return
+        released = self.pacer.release(time.monotonic(), self.limits.max_buffer_bytes - self.buffered_bytes)
+        for frame in released:
             self._queue_reading(frame)
-            if self.ending:
+            if self.ending:  # max_events
                 return
-        if self._latest and not self._behind():
-            self._flush_timer = self._loop.call_later(self._budget.wait_s(), self._flush_conflated)
+        if self.pacer.waiting and not released:
+            self.pacer.schedule()

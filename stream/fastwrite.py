@@ -14,7 +14,10 @@ whole-service benchmark (``python -m bench.run --only fanout``, lockstep, 500 su
 than that on a shared two-CPU machine: 9.1 to 10.8 µs an event with it, 8.2 to 15.4 without.
 
 The same transport also tells whether a stream's client is gone (``transport_closing``), which uvicorn's
-httptools protocol does not tell a stream with a request pipelined behind it.
+httptools protocol does not tell a stream with a request pipelined behind it. On either of uvicorn's
+protocols it is what a stream watches and bounds a client that does not read with (``stream_transport``):
+the bytes waiting in its write buffer, the kernel's send buffer of its socket (``cap_send_buffer``), and
+``abort``, which drops both at once where closing would keep them until the client read them.
 
 Both read uvicorn's internals (``CYCLE_ATTRIBUTES``, ``FLOW_ATTRIBUTES``). The first httptools cycle of
 the process is checked for them; if one is missing (a uvicorn upgrade), one warning names it, every
@@ -24,10 +27,14 @@ tests/stream/test_fastwrite.py fails on such an upgrade.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import socket
 from collections.abc import Callable
 
 import structlog
 from starlette.types import Send
+from uvicorn.protocols.http import h11_impl
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 log = structlog.get_logger(__name__)
@@ -97,3 +104,29 @@ def transport_closing(send: Send) -> Callable[[], bool] | None:
     """
     cycle = _httptools_cycle(send)
     return None if cycle is None else cycle.transport.is_closing
+
+
+def stream_transport(send: Send) -> asyncio.Transport | None:
+    """The transport under uvicorn's ``send`` (httptools or h11 protocol), or None (another server).
+
+    Its write buffer, ``get_extra_info("socket")`` and ``abort`` are asyncio's public API; only finding it
+    reads uvicorn's cycle.
+    """
+    cycle = getattr(send, "__self__", None)
+    if type(cycle) is h11_impl.RequestResponseCycle:
+        transport: asyncio.Transport | None = getattr(cycle, "transport", None)
+        return transport
+    httptools_cycle = _httptools_cycle(send)
+    return None if httptools_cycle is None else httptools_cycle.transport
+
+
+def cap_send_buffer(transport: asyncio.Transport, size_bytes: int) -> None:
+    """Cap the kernel's send buffer of the transport's socket, as nginx's ``sndbuf`` does (the kernel doubles it).
+
+    It also turns off the kernel's growing of that buffer (up to ``net.ipv4.tcp_wmem``'s maximum, 4 MiB on
+    most systems): a client that stops reading holds at most twice ``size_bytes`` of kernel memory.
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):  # the client is gone already: nothing to cap
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size_bytes)

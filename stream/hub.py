@@ -30,14 +30,17 @@ from stream.upstream import OrderedFeed
 log = structlog.get_logger(__name__)
 
 START_RETRY_S = 0.5
-YIELD_EVERY_DELIVERIES = 250_000
+# Frame bytes handed to connections before the routing lets their writes go out: each connection's write
+# of one turn joins what it got in the turn, so this bounds what a backlog makes the writes of a turn hold.
+YIELD_EVERY_BYTES = 32 << 20
 
 
 class Hub:
     """Fans the live feed out to connections; ``ready`` once the feed is running.
 
-    Which streams may open is Admission's to say (stream/admission.py); keep-alives, lifetimes and
-    vanished clients are the Ticker's rounds (stream/ticker.py) over ``connections``.
+    Which streams may open is Admission's to say (stream/admission.py); keep-alives, lifetimes, vanished
+    and stuck clients are the Ticker's rounds (stream/ticker.py) over ``connections``, and what they may
+    hold all together the PendingBudget's (stream/slowconsumer.py).
     """
 
     def __init__(self, link: JetStreamLink, metrics: StreamMetrics) -> None:
@@ -181,8 +184,8 @@ class Hub:
         framed = chunk(frame)
         for connection in subscribers:
             connection.deliver(seq, topic, frame, now, framed)
-        self._since_yield += len(subscribers)
-        if self._since_yield >= YIELD_EVERY_DELIVERIES:
+        self._since_yield += len(subscribers) * len(frame)
+        if self._since_yield >= YIELD_EVERY_BYTES:
             # nats-py hands a backlog over without yielding: let the writes of what was routed go out.
             self._since_yield = 0
             await asyncio.sleep(0)

@@ -14,7 +14,7 @@ class Limits:
     rate_per_s: float
     max_events: int  # 0: no limit
     max_buffer_bytes: int
-    slow_consumer_timeout_s: float
+    send_buffer_bytes: int  # the socket's SO_SNDBUF; 0: the kernel's own
 
 
 class TokenBucket:

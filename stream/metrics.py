@@ -9,18 +9,33 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 
-class HubCounters(Collector):
-    """Counters kept as plain integers by the hub (they change per connection per event) and read at scrape."""
+class Tally:
+    """A count kept as a plain integer, for one that changes per connection per event: a Counter's lock costs more
+    than the change it counts. Exposed at scrape (``HubCounters``)."""
 
-    def __init__(self, read: Callable[[], tuple[int, int]]) -> None:
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
+class HubCounters(Collector):
+    """Counters kept as plain integers (they change per connection per event) and read at scrape."""
+
+    def __init__(self, read: Callable[[], tuple[int, int, int]]) -> None:
         self._read = read
 
     def collect(self) -> Iterable[Metric]:
-        events_sent, keepalives = self._read()
+        events_sent, keepalives, conflated = self._read()
         yield CounterMetricFamily(
             "telemetry_stream_events_sent", "Reading events written to clients.", value=events_sent
         )
         yield CounterMetricFamily("telemetry_stream_keepalives", "Keep-alive comments written.", value=keepalives)
+        yield CounterMetricFamily(
+            "telemetry_stream_conflated_readings",
+            "Readings replaced by a newer one of the same topic before they were sent (rate limit, slow client).",
+            value=conflated,
+        )
 
 
 class StreamMetrics:
@@ -50,11 +65,7 @@ class StreamMetrics:
             ["reason"],
             registry=self.registry,
         )
-        self.conflated = Counter(
-            "telemetry_stream_conflated_readings",
-            "Readings replaced by a newer one of the same topic before they were sent (rate limit, slow client).",
-            registry=self.registry,
-        )
+        self.conflated = Tally()
         self.ended = Counter(
             "telemetry_stream_ended_connections",
             "Streams the server ended, by reason.",
@@ -67,7 +78,12 @@ class StreamMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self.pending_bytes = Gauge(
+            "telemetry_stream_pending_bytes",
+            "Bytes waiting for clients (queued, being written, in transports, conflated), under max_pending_bytes.",
+            registry=self.registry,
+        )
 
     def watch(self, read: Callable[[], tuple[int, int]]) -> None:
-        """Expose the hub's own counters (events sent, keep-alives) on this registry."""
-        self.registry.register(HubCounters(read))
+        """Expose the hub's own counters (events sent, keep-alives) and the conflated readings on this registry."""
+        self.registry.register(HubCounters(lambda: (*read(), self.conflated.count)))

@@ -87,7 +87,7 @@ def connection_limits(settings: Settings, rate: float | None, max_events: int | 
         rate_per_s=min(settings.max_rate_per_s, rate) if rate is not None else settings.max_rate_per_s,
         max_events=events,
         max_buffer_bytes=settings.max_buffer_bytes,
-        slow_consumer_timeout_s=settings.slow_consumer_timeout_s,
+        send_buffer_bytes=settings.sse_send_buffer_bytes,
     )
 
 

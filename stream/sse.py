@@ -28,6 +28,7 @@ from stream.hub import Hub
 from stream.limits import jittered
 from stream.replay import ResumePlan, plan_resume, replay
 from stream.request import StreamRequest
+from stream.slowconsumer import PendingBudget
 
 log = structlog.get_logger(__name__)
 
@@ -43,11 +44,12 @@ SSE_HEADERS = [
 
 
 class EventStream:
-    """The SSE endpoint as an ASGI app: admission, then the stream's connection on the process's hub."""
+    """The SSE endpoint as an ASGI app: admission, then the stream's connection on the process's hub and budget."""
 
-    def __init__(self, hub: Hub, admission: Admission, settings: Settings) -> None:
+    def __init__(self, hub: Hub, admission: Admission, budget: PendingBudget, settings: Settings) -> None:
         self.hub = hub
         self.admission = admission
+        self.budget = budget
         self.settings = settings
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -107,7 +109,8 @@ class EventStream:
             replaying=plan is not None,
             limits=request.limits,
             mark_dirty=hub.mark_dirty,
-            on_conflated=metrics.conflated.inc,
+            budget=self.budget,
+            conflated=metrics.conflated,
         )
         connection.on_written = hub.count_written
         lifetime_s = self.settings.max_lifetime_s * (1 - LIFETIME_JITTER * random.random())

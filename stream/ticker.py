@@ -1,4 +1,4 @@
-"""The once-a-tick rounds over every open stream: keep-alives, lifetimes, and clients gone unnoticed."""
+"""The once-a-tick rounds over every open stream: keep-alives, lifetimes, clients gone unnoticed, and slow consumers."""
 
 from __future__ import annotations
 
@@ -21,12 +21,22 @@ class Ticker:
     A client can vanish without its handler being told: uvicorn's httptools protocol tells only a
     request pipelined behind the stream. Its transport still says so (``Connection.client_gone``): such a
     stream is ended (``transport_closed``) and gives its slots back at the next tick.
+
+    A client that stops reading is noticed here too, whether or not events still come for it: a stream
+    whose bytes have waited ``slow_consumer_timeout_s`` with none reaching the client's socket
+    (``Connection.stalled_for``) is cut (``slow_consumer``), also one that is ending already.
     """
 
     def __init__(self, connections: Collection[Connection], settings: Settings) -> None:
         self._connections = connections
         self._keepalive_s = settings.keepalive_s
-        self._interval_s = min(MAX_INTERVAL_S, settings.keepalive_s / 4, settings.max_lifetime_s / 10 or MAX_INTERVAL_S)
+        self._slow_consumer_timeout_s = settings.slow_consumer_timeout_s
+        self._interval_s = min(
+            MAX_INTERVAL_S,
+            settings.keepalive_s / 4,
+            settings.slow_consumer_timeout_s / 4,
+            settings.max_lifetime_s / 10 or MAX_INTERVAL_S,
+        )
         self.keepalives_sent = 0
         self._task: asyncio.Task[None] | None = None
 
@@ -48,12 +58,14 @@ class Ticker:
 
     def _tick(self, now: float) -> None:
         """One round over every stream; ending one only schedules its handler, so none leaves the set meanwhile."""
-        keepalive_s = self._keepalive_s
+        keepalive_s, slow_s = self._keepalive_s, self._slow_consumer_timeout_s
         for connection in self._connections:
             if connection.closed:
                 continue
             if connection.client_gone():
                 connection.abort("transport_closed")
+            elif connection.stalled_for(now) >= slow_s:
+                connection.cut("slow_consumer")
             elif connection.ending:
                 continue
             elif now >= connection.deadline:

@@ -169,11 +169,14 @@ def send_then_shut(writer: asyncio.StreamWriter, request: bytes) -> None:
     writer.write_eof()
 
 
-async def test_a_half_closed_client_gets_a_stream_that_had_not_begun(settings: Settings, serve: Serve) -> None:
-    # A resume begins its answer only once JetStream told where it starts: the EOF, which came with the
-    # request, is read before that.
+@pytest.mark.parametrize("query", [b"topic=a.b.c", b"topic=a.b.c&last_event_id=0"], ids=["new", "resume"])
+async def test_a_half_closed_client_gets_a_stream_that_had_not_begun(
+    settings: Settings, serve: Serve, query: bytes
+) -> None:
+    # The EOF, which came with the request, is read before the stream begins (a resume begins only once
+    # JetStream told where it starts): the stream is written, its retry first.
     async with served(create_stream, settings, serve) as (reader, writer):
-        send_then_shut(writer, b"GET /v1/stream?topic=a.b.c&last_event_id=0 HTTP/1.1\r\nHost: test\r\n\r\n")
+        send_then_shut(writer, b"GET /v1/stream?%s HTTP/1.1\r\nHost: test\r\n\r\n" % query)
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), CLOSED_WITHIN_S)
         first_chunk = await asyncio.wait_for(reader.readuntil(b"\n\n"), CLOSED_WITHIN_S)
     assert answer(head)[0] == 200

@@ -1,4 +1,5 @@
-"""The direct chunk writer against real uvicorn connections: in use on the pinned uvicorn, off when uvicorn changes.
+"""The direct chunk writer and the stream's transport against real uvicorn connections: in use on the pinned uvicorn,
+off when uvicorn changes.
 
 stream/fastwrite.py reads uvicorn's internals; these tests fail when an upgrade takes away what it reads.
 """
@@ -7,11 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import socket
+from collections.abc import Callable
 from typing import Any, cast
 
 import pytest
+from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 from structlog.testing import capture_logs
+from support.server import on_server_loop
 from support.sse import Serve, events, take
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
@@ -19,7 +24,15 @@ from core.frontroutes import FrontRoutedApp
 from core.settings import Settings
 from stream import connection, fastwrite
 from stream.app import create_app
-from stream.fastwrite import CYCLE_ATTRIBUTES, FLOW_ATTRIBUTES, ChunkWriter, chunk, chunk_writer, transport_closing
+from stream.fastwrite import (
+    CYCLE_ATTRIBUTES,
+    FLOW_ATTRIBUTES,
+    ChunkWriter,
+    chunk,
+    chunk_writer,
+    stream_transport,
+    transport_closing,
+)
 
 
 async def test_on_the_pinned_uvicorn_events_are_written_straight_to_the_transport(
@@ -76,6 +89,8 @@ async def test_a_cycle_that_lacks_what_the_writer_reads_gets_no_writer_and_a_clo
             outcomes[name] = chunk_writer(cast(Send, lacking(cycle, name).send))
             fastwrite._internals_present = None
             outcomes[f"closing, lacking {name}"] = transport_closing(cast(Send, lacking(cycle, name).send))
+            fastwrite._internals_present = None
+            outcomes[f"transport, lacking {name}"] = stream_transport(cast(Send, lacking(cycle, name).send))
         outcomes["complete, after a failed check"] = chunk_writer(send)  # checked once per process
         fastwrite._internals_present = None
         writer, closing = chunk_writer(send), transport_closing(send)
@@ -101,6 +116,7 @@ async def test_a_cycle_that_lacks_what_the_writer_reads_gets_no_writer_and_a_clo
     assert outcomes == {
         **{name: None for name in (*CYCLE_ATTRIBUTES, *FLOW_ATTRIBUTES)},
         **{f"closing, lacking {name}": None for name in (*CYCLE_ATTRIBUTES, *FLOW_ATTRIBUTES)},
+        **{f"transport, lacking {name}": None for name in (*CYCLE_ATTRIBUTES, *FLOW_ATTRIBUTES)},
         "complete, after a failed check": None,
         "written": True,
         "closing": False,
@@ -108,8 +124,29 @@ async def test_a_cycle_that_lacks_what_the_writer_reads_gets_no_writer_and_a_clo
         "closing after close": True,
     }
     assert [entry["missing"] for entry in logs if entry["event"] == "uvicorn_internals_missing"] == [
-        [name] for name in missing for _ in ("writer", "closing")
+        [name] for name in missing for _ in ("writer", "closing", "transport")
     ]
     head, _, body = received.partition(b"\r\n\r\n")
     assert b"transfer-encoding: chunked" in head.lower()
     assert body == b"4\r\nfast\r\n"
+
+
+@pytest.mark.parametrize("http", ["httptools", "h11"])
+async def test_a_streams_socket_gets_the_send_buffer_of_the_settings(
+    make_settings: Callable[..., Settings], serve: Serve, publish: Any, http: str
+) -> None:
+    send_buffer_bytes = 48 << 10
+    app = create_app(make_settings(sse_send_buffer_bytes=send_buffer_bytes))
+    async with serve(app, http=http) as url, events(url, "s.>") as stream:
+        await take(stream, len(await publish("s", "d", "m", [1.0])))  # the stream is under way
+        sizes = await on_server_loop(app, send_buffer_sizes(app))
+    assert sizes == [2 * send_buffer_bytes]  # the one connection open: Linux doubles what it is given
+
+
+async def send_buffer_sizes(app: FastAPI) -> list[int]:
+    """SO_SNDBUF of every connection the server has open."""
+    connections = app.state.test_server.server_state.connections
+    return [
+        protocol.transport.get_extra_info("socket").getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        for protocol in connections
+    ]

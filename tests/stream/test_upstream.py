@@ -13,7 +13,7 @@ from nats.aio.client import Client as NATS
 
 from core.jetstream import ensure_stream
 from core.settings import Settings
-from stream.upstream import OrderedFeed
+from stream.upstream import MessageHandler, OrderedFeed
 from telemetry.natsserver import LocalNatsServer
 
 CLIENT_NAME = "upstream-test"
@@ -31,19 +31,25 @@ async def ignore(seq: int, subject: str, payload: bytes, pending: int) -> None:
     """A handler for a feed whose deliveries do not matter here."""
 
 
-async def test_the_feeds_connection_is_opened_within_the_connect_timeout_it_is_given(
-    nc: NATS, settings: Settings
-) -> None:
-    feed = OrderedFeed(
+def feed_of(nc: NATS, settings: Settings, handler: MessageHandler, connect_timeout_s: float) -> OrderedFeed:
+    """A feed of every reading of the test's stream, from its start, on a connection of its own called ``-feed``."""
+    return OrderedFeed(
         nc,
         nc.jetstream(),
         stream=settings.stream_name,
         filters=[f"{settings.subject_prefix}.>"],
         start_seq=1,
-        handler=ignore,
-        connect_timeout_s=1e-9,  # over before a connection can be made, where a fixed 5 s would have let it be
-        name="test",
+        handler=handler,
+        connect_timeout_s=connect_timeout_s,
+        name="feed",
     )
+
+
+async def test_the_feeds_connection_is_opened_within_the_connect_timeout_it_is_given(
+    nc: NATS, settings: Settings
+) -> None:
+    # Over before a connection can be made, where a fixed 5 s would have let it be.
+    feed = feed_of(nc, settings, ignore, connect_timeout_s=1e-9)
     try:
         with pytest.raises(TimeoutError):
             await feed.start()
@@ -68,16 +74,7 @@ async def test_a_reset_asked_for_while_the_feed_starts_leaves_one_connection_and
     async def collect(seq: int, subject: str, payload: bytes, pending: int) -> None:
         delivered.put_nowait(seq)
 
-    feed = OrderedFeed(
-        nc,
-        nc.jetstream(),
-        stream=settings.stream_name,
-        filters=[f"{settings.subject_prefix}.>"],
-        start_seq=1,
-        handler=collect,
-        connect_timeout_s=settings.nats_connect_timeout_s,
-        name="feed",
-    )
+    feed = feed_of(nc, settings, collect, connect_timeout_s=settings.nats_connect_timeout_s)
     starting = asyncio.create_task(feed.start())
     await asyncio.sleep(0)  # the start is opening the feed's connection
     feed.restart("stream created")

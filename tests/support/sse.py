@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+import socket
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from httpx_sse import ServerSentEvent, aconnect_sse
 
 Serve = Callable[..., AbstractAsyncContextManager[str]]
 EVENT_TIMEOUT_S = 10.0
+STUCK_RECEIVE_BUFFER_BYTES = 4096  # the least the kernel allows, about: the server's bytes stop moving soon
 
 
 @asynccontextmanager
@@ -59,3 +62,29 @@ async def raw_connection(url: str) -> tuple[asyncio.StreamReader, asyncio.Stream
     """A plain TCP connection to the service at ``url``, for what an HTTP client library would not send."""
     host, port = url.removeprefix("http://").rsplit(":", 1)
     return await asyncio.open_connection(host, int(port))
+
+
+@contextmanager
+def never_reading(url: str, *topics: str) -> Iterator[socket.socket]:
+    """An SSE stream whose client sends its request and never reads (a small receive buffer): a stuck dashboard."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    query = "&".join(f"topic={quote(topic, safe='')}" for topic in topics)
+    with socket.socket() as stuck:
+        stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, STUCK_RECEIVE_BUFFER_BYTES)
+        stuck.connect((host, int(port)))
+        stuck.sendall(f"GET /v1/stream?{query} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        yield stuck
+
+
+async def read_until_closed(sock: socket.socket, timeout_s: float = EVENT_TIMEOUT_S) -> bytes:
+    """What a client that starts reading finds on ``sock``, up to the server's close (an end of file or a reset)."""
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    received = b""
+    async with asyncio.timeout(timeout_s):
+        try:
+            while data := await loop.sock_recv(sock, 65536):
+                received += data
+        except ConnectionResetError:  # what a cut-off client's socket holds can go with the reset
+            pass
+    return received

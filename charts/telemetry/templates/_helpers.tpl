@@ -216,6 +216,8 @@ Integers go through int64: Helm reads numbers as floats and would print 10737418
   "TELEMETRY_MAX_CONNECTS_PER_S" (toString $t.sse.maxConnectsPerS)
   "TELEMETRY_MAX_BUFFER_BYTES" (toString (int64 $t.sse.maxBufferBytes))
   "TELEMETRY_SLOW_CONSUMER_TIMEOUT_S" (toString $t.sse.slowConsumerTimeoutS)
+  "TELEMETRY_MAX_PENDING_BYTES" (toString (int64 $t.sse.maxPendingBytes))
+  "TELEMETRY_SSE_SEND_BUFFER_BYTES" (toString (int64 $t.sse.sendBufferBytes))
   "TELEMETRY_OVERLOAD_RETRY_MS" (toString (int64 $t.sse.overloadRetryMs))
   "TELEMETRY_LOG_LEVEL" $t.logLevel
   "TELEMETRY_LOG_FORMAT" $t.logFormat
