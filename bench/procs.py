@@ -94,12 +94,12 @@ def cpu_busy_s(cpu: int) -> float:
     raise ChildError(f"no cpu{cpu} in /proc/stat")
 
 
-def proc_rss_kb(pid: int) -> int:
-    """Resident set size in KiB, from ``VmRSS`` in ``/proc/PID/status``."""
+def proc_memory_kb(pid: int, name: str = "VmRSS") -> int:
+    """A memory figure of ``/proc/PID/status`` in KiB: ``VmRSS`` (resident now) or ``VmHWM`` (the most resident yet)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{name}:"):
             return int(line.split()[1])
-    raise ChildError(f"no VmRSS for pid {pid}")
+    raise ChildError(f"no {name} for pid {pid}")
 
 
 def children_of(pid: int) -> list[int]:
@@ -171,7 +171,11 @@ class Child:
 
     def rss_kb(self) -> int:
         """Resident memory now."""
-        return proc_rss_kb(self.pid)
+        return proc_memory_kb(self.pid)
+
+    def peak_rss_kb(self) -> int:
+        """The most resident memory it has had."""
+        return proc_memory_kb(self.pid, "VmHWM")
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after a grace period; always reaped."""

@@ -1,4 +1,4 @@
-"""``python -m bench.run``: fan-out, idle memory, latency, replay and reconnect storm (bench/README.md), one table.
+"""``python -m bench.run``: fan-out, idle memory, latency, replay, reconnect storm and stuck clients (bench/README.md).
 
 Starts a nats-server and the ingest service (on the load generator's CPU), then for each workload
 the servers it measures, each pinned to the server CPU with ``taskset``; this process is the load
@@ -48,6 +48,11 @@ FULL = {
     "storm_history": 1000,
     "storm_rate": 100.0,
     "storm_settle_s": 2.0,
+    "stuck_clients": 1000,
+    "stuck_readers": 10,
+    "stuck_readings": 50_000,
+    "stuck_reading_bytes": 2048,
+    "stuck_rate": 1000.0,
 }
 QUICK = {
     "readings": 100,
@@ -66,6 +71,11 @@ QUICK = {
     "storm_history": 200,
     "storm_rate": 100.0,
     "storm_settle_s": 0.5,
+    "stuck_clients": 50,
+    "stuck_readers": 2,
+    "stuck_readings": 2000,
+    "stuck_reading_bytes": 2048,
+    "stuck_rate": 1000.0,
 }
 
 

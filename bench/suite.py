@@ -16,17 +16,20 @@ import time
 from bench.fanout import FanoutResult, Publisher, Regime, fanout
 from bench.report import Report, Row, times, us
 from bench.storm import post_history, storm
+from bench.stuck import GONE_WITHIN_S, stuck
 from bench.targets import Lab, Server
 from bench.workloads import fill_history, idle_memory, latency, replay
 from core.settings import Settings
 
-WORKLOADS = ("fanout", "memory", "latency", "replay", "storm")
+WORKLOADS = ("fanout", "memory", "latency", "replay", "storm", "stuck")
 REGIMES: list[Regime] = ["spaced", "lockstep", "burst"]
 SLOW = {"fastapi"}  # lockstep would take minutes more; spaced and burst are its defined workloads
 SPACED_TARGET, BURST_TARGET, STARLETTE_SHARE = 1.5, 0.5, 1 / 3
 LOAD_SATURATED = 0.85
 INTERFERENCE = 0.25  # other work on the server CPU, as a share of the server's own, worth a note
 MEMORY_TARGET_KB, P99_TARGET_MS, REPLAY_TARGET_PER_S = 15.0, 50.0, 100_000
+STUCK_RSS_MARGIN_MIB = 64  # what a stuck-clients run may grow beyond the pending budget (bench/README.md)
+MIB = 1 << 20
 
 
 def log(text: str) -> None:
@@ -366,4 +369,70 @@ class Suite:
             f"storm: {result.posted} readings posted during it ({result.post_failures} failed), "
             f"stream CPU {result.server_cpu_s:.2f} s for {deliveries:,} deliveries"
             + (f"; {len(result.ended)} streams ended early, e.g. {result.ended[0]}" if result.ended else "")
+        )
+
+    async def stuck(self) -> None:
+        """Workload 6: clients that never read beside readers, large readings through ingest, then silence."""
+        args = self.args
+        log(
+            f"stuck: {args.stuck_clients} clients never read, {args.stuck_readers} readers, "
+            f"{args.stuck_readings} readings of {args.stuck_reading_bytes} bytes at {args.stuck_rate:g}/s"
+        )
+        server = await self.lab.start_stream()
+        try:
+            result = await stuck(
+                server,
+                self.lab.ingest_port,
+                clients=args.stuck_clients,
+                readers=args.stuck_readers,
+                readings=args.stuck_readings,
+                reading_bytes=args.stuck_reading_bytes,
+                rate_per_s=args.stuck_rate,
+            )
+        finally:
+            self.lab.stop(server)
+        budget_mib = Settings.model_fields["max_pending_bytes"].default / MIB
+        growth_mib = (result.rss_peak_kb - result.rss_before_kb) / 1024
+        log(
+            f"  stuck gone {result.seconds_to_gone:.1f} s after the last reading; RSS +{growth_mib:.0f} MiB; "
+            f"gaps {result.gaps}, duplicates {result.duplicates}"
+        )
+        label = f"stuck, {result.stuck} + {result.readers} readers, {result.readings} of {result.reading_bytes} B"
+        lost = result.gaps + result.duplicates + result.disordered + result.post_failures
+        self.report.add(
+            Row(
+                f"{label}: readers' gaps / duplicates",
+                f"{result.gaps} / {result.duplicates}"
+                + (f", {result.disordered} out of order" if result.disordered else ""),
+                f"{result.readers * result.readings:,} events",
+                "",
+                "= 0",
+                lost == 0 and not result.ended,
+            )
+        )
+        if result.seconds_to_gone < 0:
+            gone = f"{-result.seconds_to_gone:.1f} s before the last reading ({result.traffic_s:.0f} s of readings)"
+        else:
+            gone = f"{result.seconds_to_gone:.1f} s after the last reading"
+        if result.still_open:
+            gone = f"{result.still_open} still open after {GONE_WITHIN_S:g} s"
+        self.report.add(Row(f"{label}: all stuck gone", gone, "", "", "(report)", result.still_open == 0))
+        self.report.add(
+            Row(
+                f"{label}: stream RSS growth",
+                f"{growth_mib:.0f} MiB (peak)",
+                f"pending budget {budget_mib:g} MiB",
+                "",
+                f"≤ budget + {STUCK_RSS_MARGIN_MIB} MiB",
+                growth_mib <= budget_mib + STUCK_RSS_MARGIN_MIB,
+            )
+        )
+        reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(result.ended_reasons.items()))
+        self.report.note(
+            f"stuck: streams ended by the service: {reasons or 'none'}; pending bytes at most "
+            f"{result.pending_peak_bytes / MIB:.0f} MiB (sampled); kernel TCP memory at most "
+            f"+{result.kernel_tcp_growth_kb / 1024:.0f} MiB (whole machine, clients' sockets too); "
+            f"stream CPU {result.server_cpu_s:.1f} s; "
+            f"{result.post_failures} readings not stored"
+            + (f"; {len(result.ended)} readers ended early, e.g. {result.ended[0]}" if result.ended else "")
         )
