@@ -20,6 +20,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
+from core.redact import redact_url, redact_urls
 from core.settings import Settings
 from core.topics import Subjects
 
@@ -145,10 +146,13 @@ class JetStreamLink:
                     reconnected_cb=self._on_reconnected,
                 )
             except (TimeoutError, nats.errors.Error, OSError) as err:
-                log.warning("nats_connect_failed", servers=self.settings.nats_urls, error=str(err) or repr(err))
+                log.warning(
+                    "nats_connect_failed", servers=redact_urls(self.settings.nats_urls), error=str(err) or repr(err)
+                )
                 await asyncio.sleep(RECONNECT_WAIT_S)
         self.js = self.nc.jetstream(timeout=self.settings.publish_timeout_s)
-        log.info("nats_connected", server=str(self.nc.connected_url.netloc if self.nc.connected_url else ""))
+        url = self.nc.connected_url
+        log.info("nats_connected", server=redact_url(url.geturl()) if url else "")
         await self._confirm_stream()
 
     async def _confirm_stream(self) -> None:

@@ -8,8 +8,20 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from core.redact import redact_url
+
 ENV_PREFIX = "TELEMETRY_"
 TOKEN_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+# A field whose value is or leads to a secret: from the environment only, never a flag (a flag shows in ``ps``).
+ENV_ONLY: dict[str, Any] = {"env_only": True}
+
+
+def env_only(name: str) -> bool:
+    """Whether the settings field ``name`` is read from the environment only (declared with ``ENV_ONLY``)."""
+    extra = Settings.model_fields[name].json_schema_extra
+    return isinstance(extra, dict) and extra.get("env_only") is True
 
 
 class StorageType(StrEnum):
@@ -183,7 +195,9 @@ class Settings(BaseSettings):
         for url in value:
             scheme = url.split("://", 1)[0] if "://" in url else "nats"
             if scheme != "nats":
-                raise ValueError(f"{url}: only nats:// URLs are supported (TLS and websockets are not, yet)")
+                raise ValueError(
+                    f"{redact_url(url)}: only nats:// URLs are supported (TLS and websockets are not, yet)"
+                )
         return value
 
     @model_validator(mode="after")

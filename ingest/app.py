@@ -14,6 +14,7 @@ from core.errors import install_error_handlers
 from core.frontroutes import FrontRoutedApp
 from core.health import health_router
 from core.jetstream import JetStreamLink
+from core.redact import redact_urls
 from core.settings import Settings
 from ingest.drain import DrainedRequest
 from ingest.endpoint import ReadingsEndpoint, readings_router
@@ -53,7 +54,7 @@ def create_app(settings: Settings) -> IngestApp:
         link.start()
         log.info(
             "ingest_started",
-            nats_urls=settings.nats_urls,
+            nats_urls=redact_urls(settings.nats_urls),
             stream=settings.stream_name,
             subject_prefix=settings.subject_prefix,
             max_body_bytes=settings.max_body_bytes,

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
-from core.settings import ENV_PREFIX, Settings
+from core.redact import redact_urls
+from core.settings import ENV_PREFIX, Settings, env_only
 from core.topics import InvalidPattern, Pattern
 
 if TYPE_CHECKING:
@@ -28,6 +29,7 @@ USAGE_ERROR = 2
 BROKEN_PIPE_EXIT = 128 + signal.SIGPIPE
 DEFAULT_INGEST_URL = f"http://127.0.0.1:{Settings.model_fields['ingest_port'].default}"
 DEFAULT_STREAM_URL = f"http://127.0.0.1:{Settings.model_fields['stream_port'].default}"
+URL_FIELDS = {"nats_urls"}  # settings whose values may hold credentials: echoed redacted
 
 Handler = Callable[[argparse.Namespace, argparse.ArgumentParser], int]
 
@@ -66,6 +68,8 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
         "settings", f"each flag is also an environment variable ({ENV_PREFIX}<NAME>); a flag given wins"
     )
     for name, field in Settings.model_fields.items():
+        if env_only(name):  # a secret, or the file of one: never on a command line
+            continue
         choices = _choices(field.annotation)
         group.add_argument(
             flag_of(name),
@@ -81,6 +85,15 @@ def given_settings(args: argparse.Namespace) -> dict[str, Any]:
     return {name: getattr(args, name) for name in Settings.model_fields if hasattr(args, name)}
 
 
+def echoed(field: str, value: Any) -> Any:
+    """A setting's value as an error message may echo it: NATS URLs without their credentials."""
+    if field not in URL_FIELDS:
+        return value
+    if isinstance(value, str):
+        return ",".join(redact_urls(value.split(",")))
+    return redact_urls(value) if isinstance(value, list) else "***"
+
+
 def explain(error: ValidationError, given: dict[str, Any]) -> str:
     """One line naming each bad setting as the user wrote it: the flag, or else the environment variable."""
     problems = []
@@ -88,9 +101,9 @@ def explain(error: ValidationError, given: dict[str, Any]) -> str:
         message = item["msg"].removeprefix("Value error, ")
         field = str(item["loc"][0]) if item["loc"] else None
         if field in given:
-            problems.append(f"{flag_of(field)} {given[field]!r}: {message}")
+            problems.append(f"{flag_of(field)} {echoed(field, given[field])!r}: {message}")
         elif field in Settings.model_fields:
-            problems.append(f"{env_of(field)}={item['input']!r} (flag {flag_of(field)}): {message}")
+            problems.append(f"{env_of(field)}={echoed(field, item['input'])!r} (flag {flag_of(field)}): {message}")
         else:
             mentioned = [flag_of(name) for name in Settings.model_fields if re.search(rf"\b{name}\b", message)]
             problems.append(f"{message} ({', '.join(mentioned)})" if mentioned else message)
