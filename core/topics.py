@@ -73,26 +73,26 @@ class Pattern:
         return len(topic_tokens) == len(self.tokens)
 
     def covers(self, other: Pattern) -> bool:
-        """Whether every topic ``other`` matches is matched by this pattern too."""
-        for index, token in enumerate(self.tokens):
-            if token == REST:
-                return len(other.tokens) > index
-            if index >= len(other.tokens):
-                return False
-            theirs = other.tokens[index]
-            if theirs == REST or (token != ONE_TOKEN and token != theirs):
-                return False
-        return len(other.tokens) == len(self.tokens)
+        """Whether every topic ``other`` matches is matched by this pattern too.
+
+        Topics have exactly three tokens: ``*.>`` covers ``>`` (both match every topic), as NATS subjects would not.
+        """
+        return all(
+            mine in (ONE_TOKEN, theirs) for mine, theirs in zip(self._positions(), other._positions(), strict=True)
+        )
 
     def overlaps(self, other: Pattern) -> bool:
         """Whether some topic is matched by both patterns."""
-        for mine, theirs in zip(self.tokens, other.tokens, strict=False):
-            if REST in (mine, theirs):
-                return True
-            if ONE_TOKEN not in (mine, theirs) and mine != theirs:
-                return False
-        return len(self.tokens) == len(other.tokens)
+        return all(
+            ONE_TOKEN in (mine, theirs) or mine == theirs
+            for mine, theirs in zip(self._positions(), other._positions(), strict=True)
+        )
 
+    def _positions(self) -> tuple[str, ...]:
+        """One literal or ``*`` per topic token: a final ``>`` stands for ``*`` up to the third token."""
+        if self.tokens[-1] != REST:
+            return self.tokens
+        return self.tokens[:-1] + (ONE_TOKEN,) * (TOPIC_TOKENS - len(self.tokens) + 1)
 
 def distinct_filters(patterns: list[Pattern]) -> list[Pattern] | None:
     """The patterns with covered ones removed, or None when two still partly overlap.
