@@ -672,6 +672,25 @@ def test_forwarded_allow_ips_reach_both_services(chart: helm.Chart) -> None:
     )
 
 
+def test_behind_an_ingress_the_default_trusts_the_private_ranges_and_the_notes_say_so(chart: helm.Chart) -> None:
+    # With 127.0.0.1 trusted, every dashboard behind the Ingress would share the controller's address, and the
+    # 65th per pod would be refused by telemetry.sse.maxConnectionsPerClient.
+    values = {**EXTERNAL, "ingress": {"enabled": True}}
+    docs = render(chart, values)
+    for component in ("ingest", "stream"):
+        trusted = container_env(container_of(deployment(docs, component)), docs)["TELEMETRY_FORWARDED_ALLOW_IPS"]
+        assert trusted == "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,100.64.0.0/10,fc00::/7"
+    notes = render_files(chart, values)[f"{RELEASE}/templates/NOTES.txt"]
+    assert "X-Forwarded-For of proxies in 10.0.0.0/8," in notes
+    assert "chosen by the chart" in notes
+    chosen = {**values, "telemetry": {"forwardedAllowIps": "10.42.0.0/16"}}
+    docs = render(chart, chosen)
+    assert (
+        container_env(container_of(deployment(docs, "stream")), docs)["TELEMETRY_FORWARDED_ALLOW_IPS"] == "10.42.0.0/16"
+    )
+    assert "chosen by the chart" not in render_files(chart, chosen)[f"{RELEASE}/templates/NOTES.txt"]
+
+
 def test_notes_print_urls_and_commands(chart: helm.Chart) -> None:
     notes = render_files(chart, EXTERNAL)[f"{RELEASE}/templates/NOTES.txt"]
     assert f"kubectl -n {NAMESPACE} port-forward svc/{RELEASE}-ingest 8000:8000" in notes

@@ -188,7 +188,7 @@ Integers go through int64: Helm reads numbers as floats and would print 10737418
   "TELEMETRY_INGEST_PORT" (toString (int64 .Values.ingest.containerPort))
   "TELEMETRY_STREAM_HOST" $t.listenHost
   "TELEMETRY_STREAM_PORT" (toString (int64 .Values.stream.containerPort))
-  "TELEMETRY_FORWARDED_ALLOW_IPS" $t.forwardedAllowIps
+  "TELEMETRY_FORWARDED_ALLOW_IPS" (include "telemetry.forwardedAllowIps" .)
   "TELEMETRY_REQUEST_HEAD_TIMEOUT_S" (toString $t.http.requestHeadTimeoutS)
   "TELEMETRY_MAX_REQUEST_HEAD_BYTES" (toString (int64 $t.http.maxRequestHeadBytes))
   "TELEMETRY_DISCARD_MAX_BYTES" (toString (int64 $t.http.discardMaxBytes))
@@ -297,5 +297,20 @@ once, from the ConfigMap every installation has.
 {{- end -}}
 {{- if and .Values.ingress.enabled (le (float64 .Values.ingress.streamProxyTimeoutS) (float64 .Values.telemetry.sse.keepaliveS)) -}}
 {{- fail (printf "ingress.streamProxyTimeoutS (%v) must exceed telemetry.sse.keepaliveS (%v): the proxy would cut quiet streams before a keep-alive arrives" .Values.ingress.streamProxyTimeoutS .Values.telemetry.sse.keepaliveS) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+telemetry.forwardedAllowIps: the proxies whose X-Forwarded-For the services trust. Left empty, an Ingress makes it the
+private ranges (the controller's pods are in one of them; a single trusted 127.0.0.1 would put every dashboard behind
+the Ingress under one client address, and the 65th would be refused); without an Ingress, no proxy.
+*/}}
+{{- define "telemetry.forwardedAllowIps" -}}
+{{- if .Values.telemetry.forwardedAllowIps -}}
+{{- .Values.telemetry.forwardedAllowIps -}}
+{{- else if .Values.ingress.enabled -}}
+10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,100.64.0.0/10,fc00::/7
+{{- else -}}
+127.0.0.1
 {{- end -}}
 {{- end -}}
