@@ -94,6 +94,7 @@ class Pattern:
             return self.tokens
         return self.tokens[:-1] + (ONE_TOKEN,) * (TOPIC_TOKENS - len(self.tokens) + 1)
 
+
 def distinct_filters(patterns: list[Pattern]) -> list[Pattern] | None:
     """The patterns with covered ones removed, or None when two still partly overlap.
 
