@@ -20,6 +20,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
+from core.natsconn import NatsSecurity, NatsSecurityError
 from core.redact import redact_url, redact_urls
 from core.settings import Settings
 from core.topics import Subjects
@@ -103,6 +104,8 @@ class JetStreamLink:
         self.settings = settings
         self.name = name
         self.nc: NATS | None = None
+        self.security: NatsSecurity | None = None  # read at the first connection attempt, then kept
+        self.last_error: str | None = None  # why the last connection attempt failed, for /readyz
         self.js: JetStreamContext | None = None
         self.stream_confirmed = asyncio.Event()
         self.on_reconnected: list[Callable[[], None]] = []
@@ -127,7 +130,7 @@ class JetStreamLink:
     def not_ready_reason(self) -> str | None:
         """Why this service cannot serve now, or None when it can."""
         if self.nc is None or not self.nc.is_connected:
-            return "not connected to NATS"
+            return "not connected to NATS" + (f": {self.last_error}" if self.last_error else "")
         if not self.stream_confirmed.is_set():
             return f"stream {self.settings.stream_name} not confirmed yet"
         return None
@@ -135,6 +138,8 @@ class JetStreamLink:
     async def _connect(self) -> None:
         while self.nc is None:
             try:
+                if self.security is None:
+                    self.security = await asyncio.to_thread(NatsSecurity.load, self.settings)
                 self.nc = await nats.connect(
                     servers=self.settings.nats_urls,
                     name=self.name,
@@ -144,12 +149,12 @@ class JetStreamLink:
                     error_cb=self._on_error,
                     disconnected_cb=self._on_disconnected,
                     reconnected_cb=self._on_reconnected,
+                    **self.security.nats_py_options(),
                 )
-            except (TimeoutError, nats.errors.Error, OSError) as err:
-                log.warning(
-                    "nats_connect_failed", servers=redact_urls(self.settings.nats_urls), error=str(err) or repr(err)
-                )
+            except (TimeoutError, nats.errors.Error, OSError, NatsSecurityError) as err:
+                self._note_error(err)
                 await asyncio.sleep(RECONNECT_WAIT_S)
+        self.last_error = None
         self.js = self.nc.jetstream(timeout=self.settings.publish_timeout_s)
         url = self.nc.connected_url
         log.info("nats_connected", server=redact_url(url.geturl()) if url else "")
@@ -173,13 +178,24 @@ class JetStreamLink:
         if self.js is not None and (self._confirm_task is None or self._confirm_task.done()):
             self._confirm_task = asyncio.create_task(self._confirm_stream(), name=f"{self.name}-stream-check")
 
+    def _note_error(self, err: Exception) -> None:
+        """Keep the error for /readyz; before the first connection it is why connecting failed (a wrong CA...)."""
+        self.last_error = str(err) or repr(err)
+        if self.nc is None:
+            log.warning("nats_connect_failed", servers=redact_urls(self.settings.nats_urls), error=self.last_error)
+        else:
+            log.warning("nats_error", error=self.last_error)
+
     async def _on_error(self, err: Exception) -> None:
-        log.warning("nats_error", error=str(err) or repr(err))
+        # nats.connect retries within itself (max_reconnect_attempts=-1): each failed attempt arrives here.
+        self._note_error(err)
 
     async def _on_disconnected(self) -> None:
+        self.last_error = None
         log.warning("nats_disconnected")
 
     async def _on_reconnected(self) -> None:
+        self.last_error = None
         log.info("nats_reconnected")
         for callback in self.on_reconnected:
             callback()

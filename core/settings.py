@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from core.redact import redact_url
 
 ENV_PREFIX = "TELEMETRY_"
 TOKEN_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+MIN_SECRET_BYTES = 32  # RFC 7518, 3.2: an HS256 key at least as long as the hash
 
 
 # A field whose value is or leads to a secret: from the environment only, never a flag (a flag shows in ``ps``).
@@ -44,6 +46,33 @@ class Settings(BaseSettings):
     # Whole seconds, as nats-py's connect_timeout takes them: a fraction is refused, not rounded.
     nats_connect_timeout_s: int = Field(
         default=2, ge=1, description="Timeout of one connection attempt, in whole seconds."
+    )
+    nats_tls_ca_file: Path | None = Field(
+        default=None,
+        description="PEM file of the CAs that NATS servers' certificates are checked against; else the system's.",
+        json_schema_extra=ENV_ONLY,
+    )
+    nats_tls_cert_file: Path | None = Field(
+        default=None,
+        description="PEM file of the client certificate shown to NATS servers that verify clients (with its key).",
+        json_schema_extra=ENV_ONLY,
+    )
+    nats_tls_key_file: Path | None = Field(
+        default=None, description="PEM file of the client certificate's private key.", json_schema_extra=ENV_ONLY
+    )
+    nats_tls_first: bool = Field(
+        default=False,
+        description="TLS from the first byte, before the server's INFO (nats-server's tls handshake_first).",
+    )
+    nats_nkey_seed_file: Path | None = Field(
+        default=None,
+        description="File holding the NKEY seed (SU...) of a NATS user authenticated by its public key.",
+        json_schema_extra=ENV_ONLY,
+    )
+    nats_creds_file: Path | None = Field(
+        default=None,
+        description="NATS .creds file (user JWT and NKEY seed) for a NATS server in operator (JWT) mode.",
+        json_schema_extra=ENV_ONLY,
     )
     stream_name: str = Field(default="TELEMETRY", pattern=TOKEN_PATTERN, description="JetStream stream name.")
     subject_prefix: str = Field(
@@ -174,11 +203,56 @@ class Settings(BaseSettings):
         ),
     )
 
+    # Auth
+    auth: Literal["off", "required"] = Field(
+        default="off", description="off, or required: every POST and stream needs a token or an API key."
+    )
+    jwt_secret: SecretStr | None = Field(
+        default=None,
+        description="HS256 secret (at least 32 bytes) that tokens are signed with.",
+        json_schema_extra=ENV_ONLY,
+    )
+    jwt_secret_file: Path | None = Field(
+        default=None, description="File holding the HS256 secret (instead of jwt_secret).", json_schema_extra=ENV_ONLY
+    )
+    jwt_public_keys_file: Path | None = Field(
+        default=None,
+        description="PEM file with one public key, or JWKS with several chosen by kid (RS256, ES256, EdDSA); re-read "
+        "when it changes.",
+        json_schema_extra=ENV_ONLY,
+    )
+    api_keys_file: Path | None = Field(
+        default=None,
+        description="Device API keys: SHA-256 hashes with their publish patterns; re-read when it changes.",
+        json_schema_extra=ENV_ONLY,
+    )
+    jwt_audience: str | None = Field(default=None, description="Audience (aud) a token must name; unchecked if unset.")
+    jwt_issuer: str | None = Field(default=None, description="Issuer (iss) a token must name; unchecked if unset.")
+    jwt_leeway_s: float = Field(
+        default=30.0, ge=0, le=300, description="Clock skew allowed when checking a token's exp and nbf."
+    )
+    auth_query_token: bool = Field(
+        default=False, description="Also read the stream's token from ?access_token= (never logged)."
+    )
+    auth_cookie_name: str = Field(
+        default="telemetry_token",
+        pattern=TOKEN_PATTERN,
+        description="Cookie the stream reads a token from when no Authorization header is sent.",
+    )
+
     # Logs
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Least level logged.")
     log_format: Literal["auto", "json", "console"] = Field(
         default="auto", description="json, console, or auto (console on a terminal, json otherwise)."
     )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any, info: ValidationInfo) -> Any:
+        """An empty value leaves an optional setting unset: the Helm chart renders every setting ("" for none)."""
+        if value == "" and info.field_name is not None and cls.model_fields[info.field_name].default is None:
+            return None
+        return value
 
     @field_validator("nats_urls", mode="before")
     @classmethod
@@ -194,11 +268,23 @@ class Settings(BaseSettings):
             raise ValueError("at least one NATS URL is needed")
         for url in value:
             scheme = url.split("://", 1)[0] if "://" in url else "nats"
-            if scheme != "nats":
-                raise ValueError(
-                    f"{redact_url(url)}: only nats:// URLs are supported (TLS and websockets are not, yet)"
-                )
+            if scheme not in ("nats", "tls"):
+                raise ValueError(f"{redact_url(url)}: only nats:// and tls:// URLs are supported (websockets are not)")
         return value
+
+    @model_validator(mode="after")
+    def _client_certificate_with_key(self) -> Settings:
+        if (self.nats_tls_cert_file is None) != (self.nats_tls_key_file is None):
+            raise ValueError("nats_tls_cert_file and nats_tls_key_file go together: a client certificate needs its key")
+        return self
+
+    @model_validator(mode="after")
+    def _one_nats_identity(self) -> Settings:
+        if self.nats_nkey_seed_file is not None and self.nats_creds_file is not None:
+            raise ValueError(
+                "give nats_nkey_seed_file or nats_creds_file, not both: a NATS connection authenticates as one user"
+            )
+        return self
 
     @model_validator(mode="after")
     def _window_within_age(self) -> Settings:
@@ -213,5 +299,20 @@ class Settings(BaseSettings):
         if self.ingest_rate_per_device_per_s and self.ingest_burst_per_device < self.max_batch:
             raise ValueError(
                 "ingest_burst_per_device must be at least max_batch (else a full batch from one device never passes)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _auth_has_keys(self) -> Settings:
+        if self.jwt_secret is not None and self.jwt_secret_file is not None:
+            raise ValueError("give jwt_secret or jwt_secret_file, not both")
+        if self.jwt_secret is not None and len(self.jwt_secret.get_secret_value().encode()) < MIN_SECRET_BYTES:
+            raise ValueError(
+                f"jwt_secret must be at least {MIN_SECRET_BYTES} bytes (HS256 needs a key as long as its hash)"
+            )
+        sources = (self.jwt_secret, self.jwt_secret_file, self.jwt_public_keys_file, self.api_keys_file)
+        if self.auth == "required" and all(source is None for source in sources):
+            raise ValueError(
+                "auth=required needs a key source: jwt_secret, jwt_secret_file, jwt_public_keys_file or api_keys_file"
             )
         return self

@@ -56,6 +56,7 @@ class Hub:
         self._dirty: list[Connection] = []
         self._since_yield = 0
         self._feed: OrderedFeed | None = None
+        self._start_error: str | None = None  # why the live feed did not start last time, for /readyz
         self._advisories: Subscription | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -114,7 +115,7 @@ class Hub:
         settings = self.link.settings
         while True:
             await self.link.stream_confirmed.wait()
-            assert self.link.nc is not None and self.link.js is not None
+            assert self.link.nc is not None and self.link.js is not None and self.link.security is not None
             try:
                 info = await self.link.js.stream_info(settings.stream_name)
                 self.last_seq = info.state.last_seq
@@ -127,13 +128,15 @@ class Hub:
                     start_seq=self.last_seq + 1,
                     handler=self._on_live,
                     connect_timeout_s=settings.nats_connect_timeout_s,
+                    security=self.link.security,
                     name="live",
                     on_recreated=self._on_stream_recreated,
                     stream_created=info.created,
                 )
                 await self._feed.start()
             except (TimeoutError, nats.errors.Error) as err:
-                log.warning("live_feed_start_failed", error=str(err) or repr(err))
+                self._start_error = str(err) or repr(err)
+                log.warning("live_feed_start_failed", error=self._start_error)
                 await asyncio.sleep(START_RETRY_S)
                 continue
             log.info("live_feed_started", stream=settings.stream_name, after_seq=self.last_seq)
@@ -194,5 +197,5 @@ class Hub:
         """Why the live feed cannot serve new streams, or None."""
         reason = self.link.not_ready_reason()
         if reason is None and not self.ready.is_set():
-            return "live feed not started yet"
+            return "live feed not started yet" + (f": {self._start_error}" if self._start_error else "")
         return reason

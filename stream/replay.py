@@ -62,7 +62,7 @@ async def replay(link: JetStreamLink, connection: Connection, start_after: int, 
     """
     if upto <= start_after:
         return 0
-    assert link.nc is not None and link.js is not None
+    assert link.nc is not None and link.js is not None and link.security is not None
     subjects = Subjects(link.settings.subject_prefix)
     patterns = connection.patterns
     distinct = distinct_filters(patterns)
@@ -101,6 +101,7 @@ async def replay(link: JetStreamLink, connection: Connection, start_after: int, 
         start_seq=start_after + 1,
         handler=on_message,
         connect_timeout_s=link.settings.nats_connect_timeout_s,
+        security=link.security,
         name="replay",
     )
     try:

@@ -22,6 +22,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, ReplayPolicy
 
+from core.natsconn import NatsSecurity
 from stream.wire import Delivery, WireError, WireSubscriber
 
 log = structlog.get_logger(__name__)
@@ -76,12 +77,14 @@ class OrderedFeed:
         start_seq: int,
         handler: MessageHandler,
         connect_timeout_s: float,
+        security: NatsSecurity,
         heartbeat_s: float = 5.0,
         name: str = "feed",
         on_recreated: Callable[[int], None] | None = None,
         stream_created: datetime | None = None,
     ) -> None:
-        """``connect_timeout_s`` bounds opening the feed's own connection (``settings.nats_connect_timeout_s``).
+        """``connect_timeout_s`` bounds opening the feed's own connection (``settings.nats_connect_timeout_s``),
+        made with the TLS and credentials of ``security`` (the link's).
 
         ``on_recreated`` (the live feed's): each new consumer first checks that the stream is the one
         created at ``stream_created``; if it was deleted and created again, the feed starts over at the
@@ -92,6 +95,7 @@ class OrderedFeed:
         self._filters = filters
         self._handler = handler
         self._connect_timeout_s = connect_timeout_s
+        self._security = security
         self._heartbeat_s = heartbeat_s
         self._name = name
         self.next_seq = max(1, start_seq)
@@ -167,7 +171,8 @@ class OrderedFeed:
             raise WireError("not connected to NATS")
         inbox = self._nc.new_inbox()
         async with asyncio.timeout(self._connect_timeout_s):
-            sub = await WireSubscriber.open(url, inbox, name=f"{self._nc.options['name']}-{self._name}")
+            name = f"{self._nc.options['name']}-{self._name}"
+            sub = await WireSubscriber.open(url, inbox, name=name, security=self._security)
         self._sub = sub
         self._reader = asyncio.create_task(self._read(sub), name=f"{self._name}-reader")
         info = await self._js.add_consumer(self._stream, self._config(inbox))

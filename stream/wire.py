@@ -7,6 +7,10 @@ connection of their own that speaks just enough of the NATS protocol (INFO, CONN
 PING/PONG, MSG/HMSG, -ERR) and parses everything a socket read hands over in one pass.
 JetStream's API (creating and deleting consumers) stays with nats-py.
 
+It speaks TLS as nats-py does (upgraded after the server's INFO when it requires TLS or the URL is
+``tls://``, or from the first byte with ``tls_first``) and proves an NKEY or ``.creds`` user by
+signing the nonce of the INFO (core/natsconn.py).
+
 A server error (``-ERR``) before the subscription is confirmed fails the connection: wrong
 credentials, or a subscription the server refused. After it, the server keeps the connection open
 for the errors it can live with (a permissions violation of a publish, an invalid subject) and closes
@@ -18,11 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 from typing import Any, cast
 from urllib.parse import ParseResult
 
 import nats.errors
 import structlog
+
+from core.natsconn import NatsCredentials, NatsSecurity
 
 log = structlog.get_logger(__name__)
 
@@ -30,6 +37,7 @@ CRLF = b"\r\n"
 MAX_CONTROL_LINE = 64 * 1024
 MAX_PARSED_BYTES = 4 * 1024 * 1024  # read no further until the consumer has taken this much
 SID = b"1"
+PLAIN = NatsSecurity()  # no TLS settings, no NKEY: credentials only in the URL
 
 
 class WireError(nats.errors.Error):
@@ -41,8 +49,11 @@ class WireError(nats.errors.Error):
 Delivery = tuple[bytes, bytes, bytes, bytes]
 
 
-def connect_options(url: ParseResult, name: str) -> bytes:
-    """The CONNECT line: credentials from the URL as nats-py reads them (user and password, or a token)."""
+def connect_options(
+    url: ParseResult, name: str, nonce: str | None = None, credentials: NatsCredentials | None = None
+) -> bytes:
+    """The CONNECT line: credentials from the URL as nats-py reads them (user and password, or a token), and the
+    server's ``nonce`` signed when the user is an NKEY or a ``.creds`` one."""
     options: dict[str, Any] = {
         "verbose": False,
         "pedantic": False,
@@ -56,7 +67,14 @@ def connect_options(url: ParseResult, name: str) -> bytes:
         options["user"], options["pass"] = url.username, url.password
     elif url.username:
         options["auth_token"] = url.username
+    if credentials is not None and nonce is not None:
+        options.update(credentials.connect_fields(nonce))
     return b"CONNECT " + json.dumps(options, separators=(",", ":")).encode() + CRLF
+
+
+def address(url: ParseResult) -> tuple[str, int]:
+    """Host and port of a NATS URL, with nats-py's defaults."""
+    return url.hostname or "127.0.0.1", url.port or 4222
 
 
 class WireSubscriber(asyncio.Protocol):
@@ -79,29 +97,47 @@ class WireSubscriber(asyncio.Protocol):
         self._server_error: str | None = None  # the last -ERR text, for the error of a connection it ends
 
     @classmethod
-    async def open(cls, url: ParseResult, subject: str, *, name: str) -> WireSubscriber:
-        """Connect to the server of ``url``, subscribe to ``subject``, and return once the server has the SUB."""
-        if url.scheme == "tls":
-            raise WireError("a TLS connection to NATS is not supported by the stream service yet")
+    async def open(cls, url: ParseResult, subject: str, *, name: str, security: NatsSecurity = PLAIN) -> WireSubscriber:
+        """Connect to the server of ``url``, subscribe to ``subject``, and return once the server has the SUB.
+
+        The caller bounds the time it takes (the settings' connect timeout)."""
         loop = asyncio.get_running_loop()
+        host, port = address(url)
+        tls = security.tls_context() if security.tls_first else None
         try:
-            _, subscriber = await loop.create_connection(cls, url.hostname or "127.0.0.1", url.port or 4222)
+            _, subscriber = await loop.create_connection(
+                cls, host, port, ssl=tls, server_hostname=host if tls else None
+            )
+        except ssl.SSLError as err:
+            raise WireError(f"TLS handshake with {host}:{port} failed: {err}") from err
         except OSError as err:
-            raise WireError(f"cannot connect to {url.hostname}:{url.port}: {err}") from err
+            raise WireError(f"cannot connect to {host}:{port}: {err}") from err
         try:
-            await subscriber._handshake(url, subject, name)
+            await subscriber._handshake(url, subject, name, security)
         except BaseException:
             subscriber.close()
             raise
         return subscriber
 
-    async def _handshake(self, url: ParseResult, subject: str, name: str) -> None:
+    async def _handshake(self, url: ParseResult, subject: str, name: str, security: NatsSecurity) -> None:
         info = await self._info
-        if info.get("tls_required"):
-            raise WireError("the NATS server requires TLS, which the stream service does not support yet")
+        if not security.tls_first and (info.get("tls_required") or url.scheme == "tls"):
+            await self._start_tls(*address(url), security.tls_context())
         self._pong = asyncio.get_running_loop().create_future()
-        self.write(connect_options(url, name) + b"SUB %s %s\r\nPING\r\n" % (subject.encode(), SID))
+        connect = connect_options(url, name, info.get("nonce"), security.credentials)
+        self.write(connect + b"SUB %s %s\r\nPING\r\n" % (subject.encode(), SID))
         await self._pong
+
+    async def _start_tls(self, host: str, port: int, context: ssl.SSLContext) -> None:
+        """Upgrade the connection after INFO; the server's name is checked (an IP address against the IP SANs)."""
+        assert self._transport is not None
+        try:
+            transport = await asyncio.get_running_loop().start_tls(self._transport, self, context, server_hostname=host)
+        except OSError as err:
+            raise WireError(f"TLS handshake with {host}:{port} failed: {err}") from err
+        if transport is None:
+            raise WireError(f"TLS handshake with {host}:{port} failed: the connection closed")
+        self._transport = transport
 
     def write(self, data: bytes) -> None:
         """Queue bytes for the server (a closed connection drops them: the feed is resetting anyway)."""

@@ -28,10 +28,28 @@ def test_stream_name_is_one_token() -> None:
         Settings(stream_name="a.b")
 
 
-@pytest.mark.parametrize("url", ["tls://nats:4222", "ws://nats:8080"])
+@pytest.mark.parametrize("url", ["ws://nats:8080", "wss://user:s3cret@nats:443"])
 def test_a_nats_url_the_services_cannot_use_is_refused_at_start(url: str) -> None:
-    with pytest.raises(ValidationError, match="only nats:// URLs are supported"):
+    with pytest.raises(ValidationError, match="only nats:// and tls:// URLs are supported") as refused:
         Settings(nats_urls=[url])
+    assert "s3cret" not in refused.value.errors()[0]["msg"]  # the message names the URL without its password
+
+
+def test_tls_urls_are_accepted() -> None:
+    assert Settings(nats_urls="tls://nats:4222,nats://other:4222").nats_urls == ["tls://nats:4222", "nats://other:4222"]
+
+
+@pytest.mark.parametrize(
+    ("files", "complaint"),
+    [
+        ({"nats_tls_cert_file": "client.pem"}, "nats_tls_cert_file and nats_tls_key_file go together"),
+        ({"nats_tls_key_file": "client-key.pem"}, "nats_tls_cert_file and nats_tls_key_file go together"),
+        ({"nats_nkey_seed_file": "user.nk", "nats_creds_file": "user.creds"}, "not both"),
+    ],
+)
+def test_nats_credential_files_that_cannot_go_together_are_refused(files: dict[str, str], complaint: str) -> None:
+    with pytest.raises(ValidationError, match=complaint):
+        Settings(**files)
 
 
 WHOLE_SECONDS = ["nats_connect_timeout_s", "shutdown_grace_s"]

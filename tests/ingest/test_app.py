@@ -318,7 +318,7 @@ async def test_unreachable_nats_is_503_with_retry_after(
 
     assert health.status_code == 200
     assert ready.status_code == 503
-    assert ready.json()["reason"] == "not connected to NATS"
+    assert ready.json()["reason"].startswith("not connected to NATS")  # and, once an attempt failed, why
     error = error_of(response, 503, "unavailable")
     assert response.headers["Retry-After"] == "7"
     assert "not connected to NATS" in error["message"]

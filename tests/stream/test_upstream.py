@@ -12,6 +12,7 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from core.jetstream import ensure_stream
+from core.natsconn import NatsSecurity
 from core.settings import Settings
 from stream.upstream import MessageHandler, OrderedFeed
 from telemetry.natsserver import LocalNatsServer
@@ -41,6 +42,7 @@ def feed_of(nc: NATS, settings: Settings, handler: MessageHandler, connect_timeo
         start_seq=1,
         handler=handler,
         connect_timeout_s=connect_timeout_s,
+        security=NatsSecurity(),
         name="feed",
     )
 

@@ -14,8 +14,7 @@ import httpx
 import nats
 import pytest
 from structlog.testing import capture_logs
-from support.natsproc import StoppableNatsServer
-from support.net import free_port
+from support.natsproc import AuthNatsServer, StoppableNatsServer
 
 from stream.upstream import ack_sequences, header_fields
 from stream.wire import MAX_PARSED_BYTES, Delivery, WireError, WireSubscriber
@@ -28,17 +27,6 @@ async def gather(subscriber: WireSubscriber, count: int) -> list[Delivery]:
     while len(deliveries) < count:
         deliveries.extend(await subscriber.next_batch())
     return deliveries
-
-
-class AuthNatsServer(StoppableNatsServer):
-    """A nats-server that wants credentials: ``--user``/``--pass``, ``--auth`` (a token) or ``-c`` a config file."""
-
-    def __init__(self, tmp_path: Path, *auth: str) -> None:
-        super().__init__(port=free_port(), monitor_port=free_port(), store_dir=tmp_path / "nats-store")
-        self.auth = list(auth)
-
-    def command(self) -> list[str]:
-        return [*super().command(), *self.auth]
 
 
 class ReadSizeRecorder(WireSubscriber):

@@ -7,6 +7,8 @@ import signal
 import time
 from pathlib import Path
 
+from support.net import free_port
+
 from telemetry.natsserver import LocalNatsServer
 
 PAUSE_TIMEOUT_S = 10.0
@@ -47,3 +49,15 @@ class StoppableNatsServer(LocalNatsServer):
         """Let a paused server run again; it then processes what it received meanwhile."""
         if self.process is not None and self.process.poll() is None:
             os.kill(self.process.pid, signal.SIGCONT)
+
+
+class AuthNatsServer(StoppableNatsServer):
+    """A nats-server with options of its own: ``--user``/``--pass``, ``--auth`` (a token), or ``-c`` a config file
+    (TLS, NKEY users, operator mode)."""
+
+    def __init__(self, tmp_path: Path, *auth: str) -> None:
+        super().__init__(port=free_port(), monitor_port=free_port(), store_dir=tmp_path / "nats-store")
+        self.auth = list(auth)
+
+    def command(self) -> list[str]:
+        return [*super().command(), *self.auth]
