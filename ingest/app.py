@@ -10,6 +10,7 @@ import structlog
 from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
+from core.auth import CredentialPlaces, Gate
 from core.errors import install_error_handlers
 from core.frontroutes import FrontRoutedApp
 from core.health import health_router
@@ -57,6 +58,7 @@ def create_app(settings: Settings) -> IngestApp:
             nats_urls=redact_urls(settings.nats_urls),
             stream=settings.stream_name,
             subject_prefix=settings.subject_prefix,
+            auth=settings.auth,
             max_body_bytes=settings.max_body_bytes,
             max_batch=settings.max_batch,
             max_in_flight=settings.max_in_flight,
@@ -75,10 +77,12 @@ def create_app(settings: Settings) -> IngestApp:
         version="0.1.0",
         lifespan=lifespan,
     )
+    # No cookie: a cookie that lets a page POST readings would let any other site's page do it too (CSRF).
+    gate = Gate(settings, CredentialPlaces())
     endpoint = ReadingsEndpoint(settings, publisher, limiter, metrics)
-    app.front_routes[("POST", "/v1/readings")] = endpoint
+    guarded = app.add_front_route("POST", "/v1/readings", endpoint, gate, metrics.answered)
     install_error_handlers(app)
-    app.include_router(readings_router(endpoint, settings.max_batch))
+    app.include_router(readings_router(guarded, settings.max_batch))
     app.include_router(health_router(link.not_ready_reason, metrics.registry))
     app.state.link = link
     app.state.publisher = publisher

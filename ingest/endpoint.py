@@ -1,8 +1,8 @@
 """``POST /v1/readings``: validate the whole request, check the devices' rates, publish it, and answer
 once JetStream acknowledged every reading.
 
-``ReadingsEndpoint`` is a plain ASGI endpoint served in front of FastAPI's middleware and routing
-(core/frontroutes.py); the FastAPI route below documents it in the OpenAPI schema.
+``ReadingsEndpoint`` is a plain ASGI endpoint served in front of FastAPI's middleware and routing, behind
+the service's gate (core/frontroutes.py); the FastAPI route below documents it in the OpenAPI schema.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.requests import Request
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from core.auth import Forbidden, Grant
 from core.errors import ApiError, ServiceUnavailable
 from core.frontroutes import ServedBy
 from core.readings import Reading
@@ -24,6 +25,8 @@ from ingest.metrics import IngestMetrics
 from ingest.parse import read_readings
 from ingest.publisher import Publisher, Stored
 from ingest.ratelimit import DeviceRateLimiter, device_counts
+
+MAX_NAMED_READINGS = 100
 
 
 class Accepted(BaseModel):
@@ -43,14 +46,16 @@ class ReadingsEndpoint:
         self.limiter = limiter
         self.metrics = metrics
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = await self.respond(Request(scope, receive))
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, grant: Grant) -> None:
+        response = await self.respond(Request(scope, receive), grant)
         await response(scope, receive, send)
 
-    async def respond(self, request: Request) -> JSONResponse:
+    async def respond(self, request: Request, grant: Grant) -> JSONResponse:
         """Read, check and store the request's readings; every failure is answered, none raised."""
         try:
-            stored = await self.store(await read_readings(request, self.settings))
+            readings = await read_readings(request, self.settings)
+            check_topics(readings, grant)
+            stored = await self.store(readings)
         except ApiError as err:
             self.metrics.answered(err.status)
             return err.response()
@@ -74,7 +79,26 @@ class ReadingsEndpoint:
             raise
 
 
-def readings_router(endpoint: ReadingsEndpoint, max_batch: int) -> APIRouter:
+def check_topics(readings: list[Reading], grant: Grant) -> None:
+    """Refuse the whole request (403, nothing stored) when the credential may not publish some of its readings."""
+    if grant.publishes_everywhere():
+        return
+    refused = [index for index, reading in enumerate(readings) if not grant.may_publish(reading.topic)]
+    if not refused:
+        return
+    first = readings[refused[0]].topic
+    details: list[dict[str, Any]] = [
+        {"index": index, "topic": readings[index].topic} for index in refused[:MAX_NAMED_READINGS]
+    ]
+    raise Forbidden(
+        f"{len(refused)} of {len(readings)} readings are on topics these credentials may not publish to (first at "
+        f"index {refused[0]}: {first}); nothing was stored",
+        field="topic",
+        details=details,
+    )
+
+
+def readings_router(endpoint: ASGIApp, max_batch: int) -> APIRouter:
     """The documented route of the endpoint (its body and answers, for /docs)."""
     router = APIRouter(tags=["readings"])
 
@@ -86,6 +110,8 @@ def readings_router(endpoint: ReadingsEndpoint, max_batch: int) -> APIRouter:
         openapi_extra={"requestBody": request_body_schema(max_batch)},
         responses={
             400: {"description": "The body is not UTF-8 JSON (or NDJSON), or not valid gzip"},
+            401: {"description": "Auth is required and no valid token or API key was sent (WWW-Authenticate: Bearer)"},
+            403: {"description": "A reading's topic is outside the credentials' publish patterns; nothing stored"},
             413: {"description": "The body is larger than max_body_bytes, or max_inflated_bytes once inflated"},
             415: {"description": "Content-Type is not JSON or NDJSON, or Content-Encoding is not gzip"},
             422: {"description": "A reading is invalid (each listed in details), or the batch is empty or too long"},

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from core.auth import CredentialPlaces, Gate
 from core.errors import install_error_handlers
 from core.frontroutes import FrontRoutedApp
 from core.health import health_router
@@ -64,9 +65,10 @@ def create_app(settings: Settings) -> FrontRoutedApp:
         version="0.1.0",
         lifespan=lifespan,
     )
-    app.front_routes[("GET", "/v1/stream")] = event_stream
+    gate = Gate(settings, CredentialPlaces(cookie=settings.auth_cookie_name, query=settings.auth_query_token))
+    guarded = app.add_front_route("GET", "/v1/stream", event_stream, gate)
     install_error_handlers(app)
-    app.include_router(events_router(event_stream))
+    app.include_router(events_router(guarded))
     app.include_router(health_router(event_stream.not_ready_reason, metrics.registry))
     app.state.hub = hub
     app.state.on_shutdown_signal = drain_soon

@@ -66,6 +66,7 @@ class Connection:
         "buffered_bytes",
         "closed",
         "deadline",
+        "deadline_reason",
         "dirty",
         "drained",
         "end_reason",
@@ -116,7 +117,8 @@ class Connection:
         self.last_write = time.monotonic()
         self.progress = Progress(self.last_write)
         self.pending_bytes = 0
-        self.deadline = float("inf")
+        self.deadline = float("inf")  # when the stream ends (monotonic), with ``deadline_reason``: see end_at
+        self.deadline_reason = ""
         self._budget = budget
         self._conflating = False  # readings conflate until the write under way completes (conflate_queue)
         self._mark_dirty = mark_dirty
@@ -289,6 +291,13 @@ class Connection:
         while self.buffered_bytes > REPLAY_HIGH_WATER_BYTES and not self.closed:
             self.drained.clear()
             await self.drained.wait()
+
+    def end_at(self, deadline: float, reason: str) -> None:
+        """End the stream at ``deadline`` (monotonic) with ``reason``, unless it is to end earlier already (the ticker
+        ends it: its lifetime, or its token's expiry, whichever comes first)."""
+        if deadline < self.deadline:
+            self.deadline = deadline
+            self.deadline_reason = reason
 
     def end(self, reason: str, retry_ms: int | None = None) -> None:
         """Send ``retry`` (if given) and ``event: end`` after what is pending, then close the stream."""

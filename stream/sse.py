@@ -1,7 +1,7 @@
 """``GET /v1/stream``: topic patterns in, Server-Sent Events out, resumable with ``Last-Event-ID``.
 
-``EventStream`` is a plain ASGI endpoint served in front of FastAPI's routing and middleware
-(core/frontroutes.py), whose per-message wrappers of ``send`` would cost more than the write of an
+``EventStream`` is a plain ASGI endpoint served in front of FastAPI's routing and middleware, behind the
+service's gate (core/frontroutes.py), whose per-message wrappers of ``send`` would cost more than the write of an
 event itself. The FastAPI route below documents it in the OpenAPI schema.
 """
 
@@ -16,8 +16,9 @@ from typing import Annotated
 import nats.errors
 import structlog
 from fastapi import APIRouter, Header, Query, Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from core.auth import Forbidden, Grant
 from core.errors import ApiError, ServiceUnavailable
 from core.frontroutes import ServedBy
 from core.readings import control_frame, retry_frame
@@ -52,9 +53,12 @@ class EventStream:
         self.budget = budget
         self.settings = settings
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, grant: Grant) -> None:
+        """Checks in order: credentials (the gate's 401), the request (400), its patterns against the grant (403),
+        then admission: a client refused for who it is takes no connection slot."""
         try:
             request = StreamRequest.from_scope(scope, self.settings)
+            check_patterns(request, grant)
         except ApiError as err:
             await err.response()(scope, receive, send)
             return
@@ -64,7 +68,7 @@ class EventStream:
             return
         try:
             plan = await self._plan(request.resume_after)
-            await self._serve(request, plan, receive, send)
+            await self._serve(request, plan, grant, receive, send)
         except ApiError as err:  # from the plan: the stream never started
             await err.response()(scope, receive, send)
         finally:
@@ -101,7 +105,9 @@ class EventStream:
             self.hub.metrics.resets.labels(reason=plan.reset_reason).inc()
         return plan
 
-    async def _serve(self, request: StreamRequest, plan: ResumePlan | None, receive: Receive, send: Send) -> None:
+    async def _serve(
+        self, request: StreamRequest, plan: ResumePlan | None, grant: Grant, receive: Receive, send: Send
+    ) -> None:
         hub, metrics = self.hub, self.hub.metrics
         connection = Connection(
             request.patterns,
@@ -113,9 +119,11 @@ class EventStream:
             conflated=metrics.conflated,
         )
         connection.on_written = hub.count_written
+        now = time.monotonic()
         lifetime_s = self.settings.max_lifetime_s * (1 - LIFETIME_JITTER * random.random())
         if lifetime_s > 0:
-            connection.deadline = time.monotonic() + lifetime_s
+            connection.end_at(now + lifetime_s, "max_lifetime")
+        connection.end_at(now + grant.expires_at - time.time(), "token_expired")  # the client comes back with a new one
         me = asyncio.current_task()
         assert me is not None
         connection.on_abort = me.cancel  # wakes this handler wherever it waits: see the except below
@@ -165,6 +173,16 @@ class EventStream:
         connection.finish_replay()
 
 
+def check_patterns(request: StreamRequest, grant: Grant) -> None:
+    """403 naming the first requested pattern the credentials do not cover, before any stream starts."""
+    for pattern in request.patterns:
+        if not grant.may_subscribe(pattern):
+            raise Forbidden(
+                f"these credentials may not follow {str(pattern)!r}: no subscribe pattern of theirs covers it",
+                field="topic",
+            )
+
+
 def refused_stream(reason: str, retry_ms: int) -> Response:
     """A 200 that tells an ``EventSource`` to come back later (any other status makes it give up for good)."""
     body = retry_frame(jittered(retry_ms)) + control_frame("end", {"reason": reason})
@@ -172,7 +190,7 @@ def refused_stream(reason: str, retry_ms: int) -> Response:
     return Response(body, headers=headers, media_type="text/event-stream")
 
 
-def events_router(endpoint: EventStream) -> APIRouter:
+def events_router(endpoint: ASGIApp) -> APIRouter:
     """The documented route of the SSE endpoint (its parameters, for /docs)."""
     router = APIRouter(tags=["stream"])
 
@@ -183,6 +201,8 @@ def events_router(endpoint: EventStream) -> APIRouter:
         responses={
             200: {"content": {"text/event-stream": {}}, "description": "Events: reading, reset, end."},
             400: {"description": "Bad topic pattern, event id or limit."},
+            401: {"description": "Auth is required and no valid token was sent (WWW-Authenticate: Bearer)."},
+            403: {"description": "A topic pattern is not covered by the token's subscribe patterns."},
             503: {"description": "Not connected to JetStream; retry after Retry-After."},
         },
     )
@@ -201,6 +221,10 @@ def events_router(endpoint: EventStream) -> APIRouter:
         ] = None,
         last_event_id_header: Annotated[
             str | None, Header(alias="Last-Event-ID", description="Sent by EventSource when it reconnects")
+        ] = None,
+        access_token: Annotated[
+            str | None,
+            Query(description="Token, read only with auth_query_token on; else 'Authorization: Bearer' or the cookie"),
         ] = None,
     ) -> Response:
         return ServedBy(endpoint)

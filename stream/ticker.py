@@ -1,4 +1,5 @@
-"""The once-a-tick rounds over every open stream: keep-alives, lifetimes, clients gone unnoticed, and slow consumers."""
+"""The once-a-tick rounds over every open stream: keep-alives, lifetimes and token expiries, clients gone unnoticed,
+and slow consumers."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ MAX_INTERVAL_S = 1.0
 
 
 class Ticker:
-    """Keep-alive comments for quiet streams, the end of those past their lifetime, and the end of those whose
-    client is gone, for all at once a few times per keep-alive interval (one timer, not one per stream).
+    """Keep-alive comments for quiet streams, the end of those past their deadline (their lifetime, or their token's
+    expiry: ``Connection.end_at``), and the end of those whose client is gone, for all at once a few times per
+    keep-alive interval (one timer, not one per stream).
 
     A client can vanish without its handler being told: uvicorn's httptools protocol tells only a
     request pipelined behind the stream. Its transport still says so (``Connection.client_gone``): such a
@@ -69,7 +71,7 @@ class Ticker:
             elif connection.ending:
                 continue
             elif now >= connection.deadline:
-                connection.end("max_lifetime")
+                connection.end(connection.deadline_reason)
             elif now - connection.last_write >= keepalive_s and not connection.frames:
                 connection.push(KEEPALIVE_FRAME)
                 self.keepalives_sent += 1

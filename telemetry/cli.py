@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
-from core.redact import redact_urls
+from core.redact import HIDDEN, redact_urls
 from core.settings import ENV_PREFIX, Settings, env_only
 from core.topics import InvalidPattern, Pattern
 
@@ -86,7 +86,9 @@ def given_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def echoed(field: str, value: Any) -> Any:
-    """A setting's value as an error message may echo it: NATS URLs without their credentials."""
+    """A setting's value as an error message may echo it: NATS URLs without their credentials, no secret at all."""
+    if env_only(field):
+        return HIDDEN
     if field not in URL_FIELDS:
         return value
     if isinstance(value, str):
@@ -103,9 +105,14 @@ def explain(error: ValidationError, given: dict[str, Any]) -> str:
         if field in given:
             problems.append(f"{flag_of(field)} {echoed(field, given[field])!r}: {message}")
         elif field in Settings.model_fields:
-            problems.append(f"{env_of(field)}={echoed(field, item['input'])!r} (flag {flag_of(field)}): {message}")
+            flag = "" if env_only(field) else f" (flag {flag_of(field)})"
+            problems.append(f"{env_of(field)}={echoed(field, item['input'])!r}{flag}: {message}")
         else:
-            mentioned = [flag_of(name) for name in Settings.model_fields if re.search(rf"\b{name}\b", message)]
+            mentioned = [
+                env_of(name) if env_only(name) else flag_of(name)
+                for name in Settings.model_fields
+                if re.search(rf"\b{name}\b", message)
+            ]
             problems.append(f"{message} ({', '.join(mentioned)})" if mentioned else message)
     return "invalid settings: " + "; ".join(problems)
 
@@ -150,9 +157,15 @@ port = _bounded(int, 1, 65535)
 def _serve(settings: Settings, create_app: Callable[[Settings], FastAPI], host: str, port: int) -> int:
     from core.logs import configure_logging
     from core.serve import serve
+    from core.watched import UnusableFile
 
     configure_logging(settings.log_level, settings.log_format)
-    serve(create_app(settings), settings, host, port)
+    try:
+        app = create_app(settings)
+    except UnusableFile as err:  # a key file: one line that names it and says why, not a traceback
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 1
+    serve(app, settings, host, port)
     return 0
 
 
@@ -217,6 +230,54 @@ def _tail(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return asyncio.run(main(options))
 
 
+def _token(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from core.auth import mint_token
+    from core.jwtkeys import hs256_secret
+    from core.watched import UnusableFile
+
+    settings = build_settings(args, parser)
+    if not args.publish and not args.subscribe:
+        parser.error("give the patterns the token grants: --subscribe and/or --publish")
+    try:
+        secret = hs256_secret(settings)
+    except UnusableFile as err:
+        parser.error(str(err))
+    if secret is None:
+        parser.error(f"no secret to sign with: set {env_of('jwt_secret')} or {env_of('jwt_secret_file')}")
+    token = mint_token(
+        secret,
+        publish=args.publish or (),
+        subscribe=args.subscribe or (),
+        ttl_s=args.ttl_s,
+        audience=settings.jwt_audience,
+        issuer=settings.jwt_issuer,
+    )
+    print(token)
+    return 0
+
+
+def _keys(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from core.apikeys import create_key, key_line
+
+    key = create_key()
+    print(key)
+    print(key_line(key, args.publish))
+    print(
+        f"{PROG} keys: the key (first line) is shown this once: give it to the device. Add the second line to the "
+        f"file of {env_of('api_keys_file')}; removing it revokes the key.",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def topic_pattern(text: str) -> Pattern:
+    """An argparse type: a topic pattern, or argparse's own error message saying what is wrong with it."""
+    try:
+        return Pattern.parse(text)
+    except InvalidPattern as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line; each subcommand's function is its ``handler`` default."""
     parser = argparse.ArgumentParser(
@@ -279,6 +340,38 @@ def build_parser() -> argparse.ArgumentParser:
         "--idle-timeout-s", type=positive_float, default=60.0, metavar="S", help="reconnect after S s of silence (60)"
     )
     tail.set_defaults(handler=_tail, parser=tail)
+
+    token = commands.add_parser(
+        "token",
+        help="print an HS256 token signed with the configured secret, for trying things out",
+        description=f"Mint a JWT granting topic patterns, signed with {env_of('jwt_secret')} (or the file of "
+        f"{env_of('jwt_secret_file')}), with {env_of('jwt_audience')} and {env_of('jwt_issuer')} when set.",
+    )
+    token.add_argument(
+        "--subscribe", type=topic_pattern, action="append", metavar="PATTERN", help="may follow (repeatable)"
+    )
+    token.add_argument(
+        "--publish", type=topic_pattern, action="append", metavar="PATTERN", help="may post to (repeatable)"
+    )
+    token.add_argument("--ttl-s", type=positive_float, default=3600.0, metavar="S", help="valid for S seconds (3600)")
+    token.set_defaults(handler=_token, parser=token)
+
+    keys = commands.add_parser(
+        "keys",
+        help="create a device API key: prints the key once, and the line for the keys file",
+        description=f"Create a random API key bound to publish patterns; the keys file ({env_of('api_keys_file')}) "
+        "holds only its SHA-256.",
+    )
+    keys.add_argument("action", choices=["create"], help="create a key")
+    keys.add_argument(
+        "--publish",
+        type=topic_pattern,
+        action="append",
+        required=True,
+        metavar="PATTERN",
+        help="topic pattern the key may post to (repeatable)",
+    )
+    keys.set_defaults(handler=_keys, parser=keys)
     return parser
 
 

@@ -297,6 +297,11 @@ class Supervisor:
         ]
         if options.simulate:
             lines.append(f"  simulating    {options.simulate} devices, {options.rate:g} readings/s each")
+        if self.settings.auth == "off":
+            lines.append(
+                "  WARNING: auth is off: anyone who reaches these ports may post readings and follow every topic "
+                f"({ENV_PREFIX}AUTH=required turns it on)"
+            )
         lines += [
             "try:",
             f"  curl -N '{stream}/v1/stream?topic=>'",

@@ -245,3 +245,13 @@ def test_sigterm_twice_still_stops_gracefully(tmp_path: Path) -> None:
     supervisor.handle_exit(signal.SIGTERM, None)
 
     assert supervisor.should_exit and not supervisor.force_exit
+
+
+@pytest.mark.parametrize(("auth", "warned"), [("off", True), ("required", False)])
+def test_the_banner_warns_in_one_line_when_auth_is_off(auth: str, warned: bool, tmp_path: Path) -> None:
+    out = io.StringIO()
+    settings = Settings(auth=auth, jwt_secret="a-secret-of-at-least-32-bytes-0123456789")
+    Supervisor(settings, {}, RunOptions(data_dir=tmp_path), out=out).print_banner()
+    warnings = [line for line in out.getvalue().splitlines() if "WARNING: auth is off" in line]
+    assert len(warnings) == (1 if warned else 0)
+    assert all("TELEMETRY_AUTH=required" in line for line in warnings)
