@@ -27,7 +27,9 @@ import pytest
 import yaml
 from support.net import free_port
 
+from core.auth import mint_token
 from core.settings import ENV_PREFIX, Settings
+from core.topics import Pattern
 from telemetry.cli import build_parser
 from telemetry.natsserver import LocalNatsServer
 
@@ -70,6 +72,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "existing-secret": {
         "nats": {"enabled": False},
         "natsConnection": {"existingSecret": "nats-credentials", "existingSecretKey": "urls"},
+        "telemetry": {"auth": {"jwt": {"existingSecret": "telemetry-jwt"}}},
     },
     "autoscaling-off": {
         **EXTERNAL,
@@ -94,6 +97,14 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "forwardedAllowIps": "10.0.0.0/8",
             "extraEnv": {"TELEMETRY_FUTURE_SETTING": "1"},
             "stream": {"maxBytes": 10737418240, "maxAgeS": 0.5, "duplicateWindowS": 0.25},
+            "auth": {
+                "jwt": {"publicKeysSecret": "idp-keys", "audience": "telemetry", "issuer": "https://idp.example"},
+                "apiKeys": {"existingSecret": "device-keys"},
+            },
+        },
+        "natsConnection": {
+            "tls": {"existingSecret": "nats-client-tls", "clientCertificate": True},
+            "credentials": {"existingSecret": "nats-user", "type": "nkey", "existingSecretKey": "seed"},
         },
         "commonLabels": {"team": "sensors"},
         "ingest": {"podAnnotations": {"a": "b"}, "priorityClassName": "high", "tolerations": [{"operator": "Exists"}]},
@@ -359,8 +370,9 @@ def test_the_rendered_settings_are_exactly_the_settings_object(
     docs = render(chart, EXTERNAL)
     env = container_env(container_of(deployment(docs, "stream")), docs)
     rendered = {name for name in env if name.startswith(ENV_PREFIX)}
-    # Every setting the services have is set by the chart, and the chart sets nothing they do not have.
-    assert rendered == {ENV_PREFIX + field.upper() for field in Settings.model_fields}
+    # Every setting the services have is set by the chart, and the chart sets nothing they do not have; a secret's
+    # value never is: the chart mounts the secret and sets its _FILE setting.
+    assert rendered == {ENV_PREFIX + field.upper() for field in Settings.model_fields} - {"TELEMETRY_JWT_SECRET"}
     for name in list(os.environ):
         if name.startswith(ENV_PREFIX):
             monkeypatch.delenv(name)
@@ -472,7 +484,7 @@ def test_stream_replicas_follow_the_nats_cluster(chart: helm.Chart, values: dict
 
 def test_credentials_stay_in_the_secret(chart: helm.Chart) -> None:
     docs = render(chart, VALUE_SETS["external-nats-with-credentials"])
-    secret = one(docs, "Secret")
+    secret = one(docs, "Secret", f"{RELEASE}-nats")
     assert secret_data(secret) == {
         "TELEMETRY_NATS_URLS": "nats://app:s3cret-pw@nats-0.example:4222,tls://app:s3cret-pw@nats-1.example:4443"
     }
@@ -697,8 +709,77 @@ def test_notes_print_urls_and_commands(chart: helm.Chart) -> None:
     assert f"kubectl -n {NAMESPACE} port-forward svc/{RELEASE}-stream 8001:8001" in notes
     assert f"helm test {RELEASE} -n {NAMESPACE}" in notes
     notes = render_files(chart, VALUE_SETS["ingress"])[f"{RELEASE}/templates/NOTES.txt"]
-    assert "curl -N 'https://telemetry.example.com/v1/stream?topic=plant1.>'" in notes
+    assert (
+        """curl -N -H "Authorization: Bearer $TOKEN" 'https://telemetry.example.com/v1/stream?topic=plant1.>'"""
+        in notes
+    )
     assert "https://telemetry.example.com/v1/readings" in notes
+
+
+def test_auth_is_required_by_default_with_a_generated_secret_that_the_pods_read_from_a_file(
+    chart: helm.Chart, tmp_path: Path
+) -> None:
+    docs = render(chart, EXTERNAL)
+    (generated,) = [doc for doc in find(docs, "Secret") if doc["metadata"]["name"] == f"{RELEASE}-auth"]
+    secret = secret_data(generated)["jwt-secret"]
+    assert len(secret) == 64
+    assert secret not in json.dumps([doc for doc in docs if doc["kind"] != "Secret"])
+    for component in ("ingest", "stream"):
+        pod_spec = deployment(docs, component)["spec"]["template"]["spec"]
+        container = container_of(deployment(docs, component))
+        env = container_env(container, docs)
+        assert (env["TELEMETRY_AUTH"], env["TELEMETRY_JWT_SECRET_FILE"]) == (
+            "required",
+            "/etc/telemetry/auth/jwt-secret",
+        )
+        assert "TELEMETRY_JWT_SECRET" not in env
+        files = mounted_files(pod_spec, container, docs, tmp_path / component)
+        assert Path(files["/etc/telemetry/auth/jwt-secret"]).read_text() == secret
+    notes = render_files(chart, EXTERNAL)[f"{RELEASE}/templates/NOTES.txt"]
+    assert f"kubectl -n {NAMESPACE} get secret {RELEASE}-auth -o jsonpath='{{.data.jwt-secret}}'" in notes
+    assert "telemetry token --publish 'plant1.>' --subscribe 'plant1.>'" in notes
+
+
+def test_given_key_sources_and_nats_credentials_are_mounted_and_nothing_is_generated(chart: helm.Chart) -> None:
+    docs = render(chart, VALUE_SETS["everything"])
+    assert [doc["metadata"]["name"] for doc in find(docs, "Secret")] == [f"{RELEASE}-nats"]
+    data = one(docs, "ConfigMap")["data"]
+    assert {name: data[name] for name in data if name.endswith("_FILE")} == {
+        "TELEMETRY_JWT_SECRET_FILE": "",
+        "TELEMETRY_JWT_PUBLIC_KEYS_FILE": "/etc/telemetry/auth/jwt-public-keys",
+        "TELEMETRY_API_KEYS_FILE": "/etc/telemetry/auth/api-keys",
+        "TELEMETRY_NATS_TLS_CA_FILE": "/etc/telemetry/nats/ca.crt",
+        "TELEMETRY_NATS_TLS_CERT_FILE": "/etc/telemetry/nats/tls.crt",
+        "TELEMETRY_NATS_TLS_KEY_FILE": "/etc/telemetry/nats/tls.key",
+        "TELEMETRY_NATS_NKEY_SEED_FILE": "/etc/telemetry/nats/user.nk",
+        "TELEMETRY_NATS_CREDS_FILE": "",
+    }
+    (volume,) = [v for v in deployment(docs, "stream")["spec"]["template"]["spec"]["volumes"] if v["name"] == "secrets"]
+    mounted = {
+        (source["secret"]["name"], item["key"], item["path"])
+        for source in volume["projected"]["sources"]
+        for item in source["secret"]["items"]
+    }
+    assert mounted == {
+        ("idp-keys", "jwks.json", "auth/jwt-public-keys"),
+        ("device-keys", "api-keys", "auth/api-keys"),
+        ("nats-client-tls", "ca.crt", "nats/ca.crt"),
+        ("nats-client-tls", "tls.crt", "nats/tls.crt"),
+        ("nats-client-tls", "tls.key", "nats/tls.key"),
+        ("nats-user", "seed", "nats/user.nk"),
+    }
+    # With public keys only, the test pod needs a token of its own: none here, so it is not given one.
+    assert "TOKEN_SECRET_FILE" not in container_env(container_of(one(docs, "Pod")), docs)
+
+
+def test_with_auth_off_nothing_is_generated_mounted_or_minted(chart: helm.Chart) -> None:
+    values = {**EXTERNAL, "telemetry": {"auth": {"mode": "off"}}}
+    docs = render(chart, values)
+    assert [doc["metadata"]["name"] for doc in find(docs, "Secret")] == [f"{RELEASE}-nats"]
+    assert one(docs, "ConfigMap")["data"]["TELEMETRY_AUTH"] == "off"
+    assert "secrets" not in [v["name"] for v in deployment(docs, "stream")["spec"]["template"]["spec"]["volumes"]]
+    assert "TOKEN_SECRET_FILE" not in container_env(container_of(one(docs, "Pod")), docs)
+    assert "Auth is OFF" in render_files(chart, values)[f"{RELEASE}/templates/NOTES.txt"]
 
 
 def test_helm_test_pod_targets_the_services(chart: helm.Chart) -> None:
@@ -901,6 +982,34 @@ def test_the_generator_refuses_undocumented_values() -> None:
 # Contract: the rendered commands, environment, ports and probes, run as local processes
 
 
+def mounted_files(pod_spec: Doc, container: Doc, docs: list[Doc], root: Path) -> dict[str, str]:
+    """What Kubernetes would mount from the rendered Secrets, written under ``root``: {mount path: local path}.
+
+    Only Secrets the chart renders can be written; a test of mounts of existing Secrets reads the pod spec instead.
+    """
+    volumes = {volume["name"]: volume for volume in pod_spec.get("volumes", [])}
+    local: dict[str, str] = {}
+    for mount in container.get("volumeMounts", []):
+        volume = volumes[mount["name"]]
+        sources = volume["projected"]["sources"] if "projected" in volume else [{"secret": volume.get("secret")}]
+        for source in sources:
+            if not source.get("secret"):
+                continue
+            name = source["secret"].get("name") or source["secret"]["secretName"]
+            data = secret_data(one(docs, "Secret", name))
+            for item in source["secret"]["items"]:
+                target = root / mount["mountPath"].lstrip("/") / item["path"]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text(data[item["key"]])
+                local[f"{mount['mountPath']}/{item['path']}"] = str(target)
+    return local
+
+
+def with_local_paths(env: dict[str, str], files: dict[str, str]) -> dict[str, str]:
+    """The environment with each mounted file's path replaced by where the test wrote it."""
+    return {name: files.get(value, value) for name, value in env.items()}
+
+
 def local_env(rendered: dict[str, str]) -> dict[str, str]:
     """The process environment: this one without any TELEMETRY_* of its own, plus the rendered variables."""
     env = {name: value for name, value in os.environ.items() if not name.startswith(ENV_PREFIX)}
@@ -971,6 +1080,8 @@ def test_rendered_commands_serve_probes_and_pass_helm_test(
             env = container_env(container, docs)
             assert set(overrides) <= set(env), "the chart no longer sets what the override replaces"
             assert env[f"TELEMETRY_{component.upper()}_PORT"] == str(container["ports"][0]["containerPort"])
+            pod_spec = deployment(docs, component)["spec"]["template"]["spec"]
+            env = with_local_paths(env, mounted_files(pod_spec, container, docs, tmp_path / "mounts"))
             with logs[component].open("wb") as log:
                 processes[component] = subprocess.Popen(
                     [sys.executable, "-m", "telemetry", *container["args"]],
@@ -995,7 +1106,10 @@ def test_rendered_commands_serve_probes_and_pass_helm_test(
         # The helm test pod's own command, pointed at the local ports instead of the Services.
         pod = one(docs, "Pod")
         container = container_of(pod)
-        env = container_env(container, docs)
+        env = with_local_paths(
+            container_env(container, docs), mounted_files(pod["spec"], container, docs, tmp_path / "test-pod")
+        )
+        assert "TOKEN_SECRET_FILE" in env  # auth is required by default: the test pod mints its token
         env["INGEST_URL"] = f"http://127.0.0.1:{ports['ingest']}"
         env["STREAM_URL"] = f"http://127.0.0.1:{ports['stream']}"
         assert container["command"][0] == "python"
@@ -1019,7 +1133,15 @@ def test_rendered_commands_serve_probes_and_pass_helm_test(
         )
         lines: list[str] = []
         url = f"http://127.0.0.1:{ports['stream']}/v1/stream"
-        with httpx.stream("GET", url, params={"topic": ">"}, timeout=httpx.Timeout(5.0, read=budget_s)) as response:
+        secret = Path(env["TOKEN_SECRET_FILE"]).read_bytes()
+        token = mint_token(secret, subscribe=[Pattern.parse(">")], ttl_s=600)
+        with httpx.stream(
+            "GET",
+            url,
+            params={"topic": ">"},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=httpx.Timeout(5.0, read=budget_s),
+        ) as response:
             assert response.status_code == 200
             lines_iter = response.iter_lines()
             lines.append(next(lines_iter))  # the retry: hint: the stream is open

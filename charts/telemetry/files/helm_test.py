@@ -1,7 +1,9 @@
 """`helm test`: post a reading to ingest, then read it back over SSE from stream, resuming just before it.
 
-Runs in the chart's own image (`python -c`, httpx is a dependency of the project). Reads INGEST_URL,
-STREAM_URL and TIMEOUT_S from the environment; exits 0 when the reading came back, 1 otherwise.
+Runs in the chart's own image (`python -c`, httpx and PyJWT are dependencies of the project). Reads INGEST_URL,
+STREAM_URL and TIMEOUT_S from the environment, and with auth required TOKEN_SECRET_FILE (the HS256 secret: a token
+for this test's topic is minted, with TOKEN_AUDIENCE and TOKEN_ISSUER when set) or TOKEN_FILE (a token given);
+exits 0 when the reading came back, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -11,11 +13,37 @@ import os
 import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 RETRY_S = 1.0
+SITE = "helm-test"
+
+
+def auth_headers(ttl_s: float) -> dict[str, str]:
+    """The bearer token the services want when auth is required; none when neither variable is set (auth off)."""
+    token_file, secret_file = os.environ.get("TOKEN_FILE"), os.environ.get("TOKEN_SECRET_FILE")
+    if token_file:
+        token = Path(token_file).read_text().strip()
+    elif secret_file:
+        import jwt  # only with auth: PyJWT is in the image, as a dependency of the services
+
+        now = int(time.time())
+        patterns = [f"{SITE}.>"]
+        claims: dict[str, Any] = {
+            "iat": now,
+            "exp": now + int(ttl_s) + 60,
+            "telemetry": {"publish": patterns, "subscribe": patterns},
+        }
+        for claim, variable in (("aud", "TOKEN_AUDIENCE"), ("iss", "TOKEN_ISSUER")):
+            if os.environ.get(variable):
+                claims[claim] = os.environ[variable]
+        token = jwt.encode(claims, Path(secret_file).read_bytes().rstrip(b"\r\n"), algorithm="HS256")
+    else:
+        return {}
+    return {"Authorization": f"Bearer {token}"}
 
 
 def post_reading(client: httpx.Client, ingest_url: str, reading: dict[str, object], deadline: float) -> dict[str, Any]:
@@ -75,14 +103,14 @@ def main() -> int:
     deadline = time.monotonic() + timeout_s
     reading_id = f"helm-test-{uuid.uuid4().hex}"
     reading: dict[str, object] = {
-        "site": "helm-test",
+        "site": SITE,
         "device": "roundtrip",
         "metric": "check",
         "value": 1.0,
         "id": reading_id,
     }
     # Short reads: a quiet stream sends a keep-alive within TELEMETRY_KEEPALIVE_S, and the deadline is checked per line.
-    with httpx.Client(timeout=httpx.Timeout(10.0, read=30.0)) as client:
+    with httpx.Client(timeout=httpx.Timeout(10.0, read=30.0), headers=auth_headers(timeout_s)) as client:
         result = post_reading(client, ingest_url, reading, deadline)
         seq, topic = int(result["seq"]), str(result["topic"])
         print(f"stored {reading_id} as seq {seq} on {topic}", flush=True)

@@ -221,7 +221,17 @@ Integers go through int64: Helm reads numbers as floats and would print 10737418
   "TELEMETRY_OVERLOAD_RETRY_MS" (toString (int64 $t.sse.overloadRetryMs))
   "TELEMETRY_LOG_LEVEL" $t.logLevel
   "TELEMETRY_LOG_FORMAT" $t.logFormat
+  "TELEMETRY_AUTH" $t.auth.mode
+  "TELEMETRY_JWT_AUDIENCE" $t.auth.jwt.audience
+  "TELEMETRY_JWT_ISSUER" $t.auth.jwt.issuer
+  "TELEMETRY_JWT_LEEWAY_S" (toString $t.auth.jwt.leewayS)
+  "TELEMETRY_AUTH_QUERY_TOKEN" (toString $t.auth.queryToken)
+  "TELEMETRY_AUTH_COOKIE_NAME" $t.auth.cookieName
+  "TELEMETRY_NATS_TLS_FIRST" (toString .Values.natsConnection.tls.first)
 -}}
+{{- range $file := include "telemetry.secretFiles" . | fromYamlArray -}}
+{{- $_ := set $settings $file.setting (ternary $file.path "" $file.mounted) -}}
+{{- end -}}
 {{- range $name, $value := $t.extraEnv -}}
 {{- if or (hasKey $settings $name) (eq $name "TELEMETRY_NATS_URLS") -}}
 {{- fail (printf "telemetry.extraEnv.%s: this setting is managed by the chart; set its own value instead" $name) -}}
@@ -312,5 +322,63 @@ the Ingress under one client address, and the 65th would be refused); without an
 10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,100.64.0.0/10,fc00::/7
 {{- else -}}
 127.0.0.1
+{{- end -}}
+{{- end -}}
+
+{{/*
+telemetry.jwtSecretName: the Secret holding the HS256 secret: telemetry.auth.jwt.existingSecret, else the chart's own
+`<fullname>-auth` when auth is required and no key source is given (a plain `helm install` then works), else empty.
+*/}}
+{{- define "telemetry.jwtSecretName" -}}
+{{- $auth := .Values.telemetry.auth -}}
+{{- if $auth.jwt.existingSecret -}}
+{{- $auth.jwt.existingSecret -}}
+{{- else if and (eq $auth.mode "required") (not $auth.jwt.publicKeysSecret) (not $auth.apiKeys.existingSecret) -}}
+{{- printf "%s-auth" (include "telemetry.fullname" . | trunc 58 | trimSuffix "-") -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+telemetry.secretFiles: every secret the services read from a file, as a list of {setting, path, secret, key, mounted}:
+the file settings of the ConfigMap get the path when the secret is given (mounted), "" (unset) otherwise. Secrets are
+mounted, never put in the environment: a projected volume follows their changes (key files are re-read).
+*/}}
+{{- define "telemetry.secretFiles" -}}
+{{- $auth := .Values.telemetry.auth -}}
+{{- $tls := .Values.natsConnection.tls -}}
+{{- $creds := .Values.natsConnection.credentials -}}
+{{- $jwtSecret := include "telemetry.jwtSecretName" . -}}
+{{- $files := list
+  (dict "setting" "TELEMETRY_JWT_SECRET_FILE" "path" "/etc/telemetry/auth/jwt-secret" "secret" $jwtSecret "key" $auth.jwt.existingSecretKey)
+  (dict "setting" "TELEMETRY_JWT_PUBLIC_KEYS_FILE" "path" "/etc/telemetry/auth/jwt-public-keys" "secret" $auth.jwt.publicKeysSecret "key" $auth.jwt.publicKeysKey)
+  (dict "setting" "TELEMETRY_API_KEYS_FILE" "path" "/etc/telemetry/auth/api-keys" "secret" $auth.apiKeys.existingSecret "key" $auth.apiKeys.existingSecretKey)
+  (dict "setting" "TELEMETRY_NATS_TLS_CA_FILE" "path" "/etc/telemetry/nats/ca.crt" "secret" $tls.existingSecret "key" $tls.caKey)
+  (dict "setting" "TELEMETRY_NATS_TLS_CERT_FILE" "path" "/etc/telemetry/nats/tls.crt" "secret" (ternary $tls.existingSecret "" $tls.clientCertificate) "key" $tls.certKey)
+  (dict "setting" "TELEMETRY_NATS_TLS_KEY_FILE" "path" "/etc/telemetry/nats/tls.key" "secret" (ternary $tls.existingSecret "" $tls.clientCertificate) "key" $tls.keyKey)
+  (dict "setting" "TELEMETRY_NATS_NKEY_SEED_FILE" "path" "/etc/telemetry/nats/user.nk" "secret" (ternary $creds.existingSecret "" (eq $creds.type "nkey")) "key" $creds.existingSecretKey)
+  (dict "setting" "TELEMETRY_NATS_CREDS_FILE" "path" "/etc/telemetry/nats/user.creds" "secret" (ternary $creds.existingSecret "" (eq $creds.type "creds")) "key" $creds.existingSecretKey)
+-}}
+{{- range $files -}}
+{{- $_ := set . "mounted" (ne .secret "") }}
+- {{ toJson . }}
+{{- end -}}
+{{- end -}}
+
+{{/*
+telemetry.secretVolume: the projected volume of every mounted secret file (nothing when none is).
+*/}}
+{{- define "telemetry.secretVolume" -}}
+{{- $sources := list -}}
+{{- range $file := include "telemetry.secretFiles" . | fromYamlArray -}}
+{{- if $file.mounted -}}
+{{- $sources = append $sources (dict "secret" (dict "name" $file.secret "items" (list (dict "key" $file.key "path" (trimPrefix "/etc/telemetry/" $file.path))))) -}}
+{{- end -}}
+{{- end -}}
+{{- if $sources -}}
+- name: secrets
+  projected:
+    defaultMode: 0440
+    sources:
+      {{- toYaml $sources | nindent 6 }}
 {{- end -}}
 {{- end -}}

@@ -140,10 +140,16 @@ spec:
           volumeMounts:
             - name: tmp
               mountPath: /tmp
+            {{- if include "telemetry.secretVolume" $root }}
+            - name: secrets
+              mountPath: /etc/telemetry
+              readOnly: true
+            {{- end }}
       volumes:
         - name: tmp
           emptyDir:
             sizeLimit: {{ $root.Values.tmpVolumeSizeLimit }}
+        {{- include "telemetry.secretVolume" $root | nindent 8 }}
 {{- end -}}
 
 {{/*
