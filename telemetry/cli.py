@@ -22,6 +22,7 @@ from core.settings import ENV_PREFIX, Settings, env_only
 from core.topics import InvalidPattern, Pattern
 
 if TYPE_CHECKING:
+    import httpx
     from fastapi import FastAPI
 
 PROG = "telemetry"
@@ -197,6 +198,21 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return Supervisor(settings, given_settings(args), options).run()
 
 
+def command_auth(
+    parser: argparse.ArgumentParser, *, publish: Sequence[Pattern] = (), subscribe: Sequence[Pattern] = ()
+) -> httpx.Auth:
+    """What ``tail`` and ``simulate`` send to services that require auth (telemetry/credentials.py)."""
+    from core.watched import UnusableFile
+    from telemetry.credentials import CommandAuth
+
+    try:
+        return CommandAuth.from_environment(publish=publish, subscribe=subscribe)
+    except ValidationError as err:
+        parser.exit(USAGE_ERROR, f"{parser.prog}: error: {explain(err, {})}\n")
+    except UnusableFile as err:
+        parser.error(str(err))
+
+
 def _simulate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from telemetry.simulate import SimulationConfig, main
 
@@ -208,6 +224,7 @@ def _simulate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         batch=args.batch,
         duration_s=args.duration_s,
         report_s=args.report_s,
+        auth=command_auth(parser, publish=[Pattern.parse(">")]),
     )
     return asyncio.run(main(config))
 
@@ -215,9 +232,10 @@ def _simulate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 def _tail(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from telemetry.tail import TailOptions, main
 
+    patterns = []
     for text in args.patterns:
         try:
-            Pattern.parse(text)
+            patterns.append(Pattern.parse(text))
         except InvalidPattern as err:
             parser.error(str(err))
     options = TailOptions(
@@ -226,6 +244,7 @@ def _tail(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         last_event_id=None if args.last_event_id is None else str(args.last_event_id),
         raw=args.raw,
         idle_timeout_s=args.idle_timeout_s,
+        auth=command_auth(parser, subscribe=patterns),
     )
     return asyncio.run(main(options))
 

@@ -63,6 +63,7 @@ class SimulationConfig:
     batch: int = 1
     duration_s: float | None = None
     report_s: float = 5.0
+    auth: httpx.Auth | None = None  # the credentials sent where the ingest service requires them
 
 
 @dataclass(slots=True)
@@ -244,7 +245,7 @@ async def simulate(config: SimulationConfig, stop: asyncio.Event, out: TextIO = 
         max_connections=min(config.devices, MAX_CONNECTIONS),
         max_keepalive_connections=min(config.devices, MAX_CONNECTIONS),
     )
-    async with httpx.AsyncClient(timeout=REQUEST_TIMEOUT, limits=limits) as client:
+    async with httpx.AsyncClient(timeout=REQUEST_TIMEOUT, limits=limits, auth=config.auth) as client:
         devices = [
             asyncio.create_task(run_device(device, client, config, stats, stop), name=f"device-{device.name}")
             for device in make_devices(config)

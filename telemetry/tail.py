@@ -35,6 +35,7 @@ class TailOptions:
     last_event_id: str | None = None
     raw: bool = False
     idle_timeout_s: float = 60.0
+    auth: httpx.Auth | None = None  # the credentials sent where the stream service requires them
 
 
 def stream_url(url: str) -> str:
@@ -67,7 +68,7 @@ class Tail:
     async def run(self) -> int:
         """Follow until cancelled; returns 1 only when the server refuses the request for good."""
         timeout = httpx.Timeout(CONNECT_TIMEOUT_S, read=self.options.idle_timeout_s)
-        async with httpx.AsyncClient(timeout=timeout) as client:
+        async with httpx.AsyncClient(timeout=timeout, auth=self.options.auth) as client:
             while True:
                 try:
                     delay_s = await self.follow(client)

@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import signal
 import sys
+from collections.abc import Callable
 
 import httpx
 import nats
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
+from support.auth import SECRET
 from support.net import free_port
 from support.sse import Serve
 
@@ -144,3 +147,31 @@ async def test_a_batch_sent_again_is_stored_once(settings: Settings, serve: Serv
             await post(client, readings_url(url), body, stats, asyncio.Event())
 
     assert (stats.posted, stats.stored, stats.duplicates, stats.errors) == (6, 3, 3, 0)
+
+
+async def test_simulate_posts_to_an_ingest_that_requires_auth(
+    make_settings: Callable[..., Settings], serve: Serve
+) -> None:
+    settings = make_settings(auth="required", jwt_secret=SECRET)
+    async with serve(create_app(settings)) as url:
+        process = await asyncio.create_subprocess_exec(
+            *[sys.executable, "-m", "telemetry", "simulate", "--url", url, "--duration-s", "1", "--rate", "5"],
+            env={**environment_without_settings(), "TELEMETRY_JWT_SECRET": SECRET},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        async with asyncio.timeout(60):
+            out, err = await process.communicate()
+    assert process.returncode == 0, err.decode()
+    nc = await nats.connect(settings.nats_urls)
+    try:
+        stored = (await nc.jetstream().stream_info(settings.stream_name)).state.messages
+    finally:
+        await nc.close()
+    assert stored > 0, out.decode()
+    assert b"401" not in out
+
+
+def environment_without_settings() -> dict[str, str]:
+    """This process's environment without any TELEMETRY_* setting of its own."""
+    return {name: value for name, value in os.environ.items() if not name.startswith("TELEMETRY_")}

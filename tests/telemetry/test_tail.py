@@ -14,6 +14,8 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
 import nats
+import pytest
+from support.auth import SECRET
 from support.net import free_port
 from support.pipes import piped
 from support.sse import Serve
@@ -21,9 +23,10 @@ from support.sse import Serve
 from core.jetstream import ensure_stream
 from core.readings import Reading, stored_payload
 from core.settings import Settings
-from core.topics import Subjects
+from core.topics import Pattern, Subjects
 from stream.app import create_app
 from telemetry.cli import BROKEN_PIPE_EXIT
+from telemetry.credentials import CommandAuth
 from telemetry.tail import Tail, TailOptions, follow_until, reading_line
 
 WAIT_S = 20.0
@@ -183,3 +186,17 @@ async def test_the_command_exits_quietly_on_ctrl_c(settings: Settings, serve: Se
 
     assert code == 0
     assert only_status_lines(stderr), stderr
+
+
+async def test_tail_follows_a_stream_that_requires_auth(
+    make_settings: Callable[..., Settings], serve: Serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = make_settings(auth="required", jwt_secret=SECRET)
+    monkeypatch.setenv("TELEMETRY_JWT_SECRET", SECRET)
+    stored = await publish(settings, [20.0, 20.5])
+    out, err = Lines(), io.StringIO()
+    async with serve(create_app(settings)) as url:
+        auth = CommandAuth.from_environment(subscribe=[Pattern.parse("lab.*.temperature")])
+        options = TailOptions(url=url, patterns=("lab.*.temperature",), last_event_id="0", auth=auth)
+        async with tailing(options, out, err):
+            assert [seq_of(await out.next()) for _ in stored] == stored
