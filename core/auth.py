@@ -249,6 +249,18 @@ class Gate:
         self._authenticator = Authenticator(settings) if settings.auth == "required" else None
         self._places = places
 
+    def session_token(self, scope: Scope) -> tuple[str, Grant] | None:
+        """A browser session's token: the request's ``Authorization: Bearer`` token (not a cookie, not an API key)
+        and its grant; None with auth off. Unauthorized without a valid token."""
+        if self._authenticator is None:
+            return None
+        credential = read_credential(scope, CredentialPlaces())
+        if credential is None:
+            raise Unauthorized("a session needs a token as 'Authorization: Bearer'", credential_given=False)
+        if is_api_key(credential):
+            raise Unauthorized("a session needs a token, not an API key: a cookie with no end would hold it")
+        return credential, self._authenticator.grant(credential)
+
     def check(self, scope: Scope) -> Grant:
         """The grant of the request; Unauthorized without valid credentials."""
         if self._authenticator is None:

@@ -5,9 +5,10 @@ Per request, FastAPI's middleware stack, router and dependency solving cost more
 The busiest endpoints are plain ASGI apps called directly; their FastAPI routes stay in the OpenAPI
 schema (/docs) and serve the same way if reached.
 
-What FastAPI's middleware would give them, they get in one place, ``Guarded``: each hot route is added
-with ``add_front_route``, which puts it behind the service's ``Gate`` (authentication), and its endpoint
-is handed the request's grant; it has no way to be called without one.
+What FastAPI's middleware would give them, they get in one place: CORS for every route in
+``FrontRoutedApp.__call__`` (core/cors.py), and ``Guarded``: each hot route is added with ``add_front_route``,
+which puts it behind the service's ``Gate`` (authentication), and its endpoint is handed the request's grant;
+it has no way to be called without one.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from fastapi import FastAPI, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from core.auth import Gate, Grant
+from core.cors import AddedHeaders, Cors
 from core.errors import ApiError
 
 GrantedEndpoint = Callable[[Scope, Receive, Send, Grant], Awaitable[None]]
@@ -55,9 +57,10 @@ class FrontRoutedApp(FastAPI):
     clients elsewhere, and a redirected POST loses its body with many clients.
     """
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, cors: Cors | None = None, **kwargs: Any) -> None:
         super().__init__(redirect_slashes=False, **kwargs)
         self.front_routes: dict[tuple[str, str], ASGIApp] = {}
+        self.cors = cors or Cors(())
 
     def add_front_route(
         self,
@@ -74,6 +77,12 @@ class FrontRoutedApp(FastAPI):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
+            origin = self.cors.allowed_origin(scope)
+            if origin is not None:  # every route, the hot ones too: CORS is answered here, before them all
+                if self.cors.is_preflight(scope):
+                    await self.cors.answer_preflight(origin, send)
+                    return
+                send = AddedHeaders(send, self.cors.headers(origin))
             endpoint = self.front_routes.get((scope["method"], scope["path"]))
             if endpoint is not None:
                 await endpoint(scope, receive, send)

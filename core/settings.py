@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -13,6 +14,7 @@ from core.redact import redact_url
 
 ENV_PREFIX = "TELEMETRY_"
 TOKEN_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+ORIGIN_RE = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 MIN_SECRET_BYTES = 32  # RFC 7518, 3.2: an HS256 key at least as long as the hash
 
 
@@ -239,6 +241,13 @@ class Settings(BaseSettings):
         pattern=TOKEN_PATTERN,
         description="Cookie the stream reads a token from when no Authorization header is sent.",
     )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default=[],
+        description=(
+            "Origins (scheme://host[:port], comma separated) whose pages may call the services from a browser, "
+            "with credentials; empty: no CORS headers."
+        ),
+    )
 
     # Logs
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Least level logged.")
@@ -254,9 +263,9 @@ class Settings(BaseSettings):
             return None
         return value
 
-    @field_validator("nats_urls", mode="before")
+    @field_validator("nats_urls", "cors_origins", mode="before")
     @classmethod
-    def _split_urls(cls, value: Any) -> Any:
+    def _split_commas(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [url.strip() for url in value.split(",") if url.strip()]
         return value
@@ -270,6 +279,14 @@ class Settings(BaseSettings):
             scheme = url.split("://", 1)[0] if "://" in url else "nats"
             if scheme not in ("nats", "tls"):
                 raise ValueError(f"{redact_url(url)}: only nats:// and tls:// URLs are supported (websockets are not)")
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _exact_origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if not ORIGIN_RE.fullmatch(origin):
+                raise ValueError(f"{origin!r} is not an origin: scheme://host[:port], nothing after (no '*', no path)")
         return value
 
     @model_validator(mode="after")

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
 from core.auth import CredentialPlaces, Gate
+from core.cors import Cors
 from core.errors import install_error_handlers
 from core.frontroutes import FrontRoutedApp
 from core.health import health_router
@@ -30,7 +31,7 @@ class IngestApp(FrontRoutedApp):
     """The ingest service's app: an answer given before the request's body ended drains the rest (ingest/drain.py)."""
 
     def __init__(self, settings: Settings, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+        super().__init__(cors=Cors(settings.cors_origins), **kwargs)
         self.discard_max_bytes = settings.discard_max_bytes
         self.discard_timeout_s = settings.discard_timeout_s
 

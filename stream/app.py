@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from core.auth import CredentialPlaces, Gate
+from core.cors import Cors
 from core.errors import install_error_handlers
 from core.frontroutes import FrontRoutedApp
 from core.health import health_router
@@ -19,6 +20,7 @@ from core.settings import Settings
 from stream.admission import Admission
 from stream.hub import Hub
 from stream.metrics import StreamMetrics
+from stream.session import session_router
 from stream.slowconsumer import PendingBudget
 from stream.sse import EventStream, events_router
 from stream.ticker import Ticker
@@ -60,6 +62,7 @@ def create_app(settings: Settings) -> FrontRoutedApp:
         await link.stop()
 
     app = FrontRoutedApp(
+        cors=Cors(settings.cors_origins),
         title="Telemetry stream",
         summary="Sensor readings as Server-Sent Events, per topic pattern, resumable with Last-Event-ID.",
         version="0.1.0",
@@ -69,6 +72,7 @@ def create_app(settings: Settings) -> FrontRoutedApp:
     guarded = app.add_front_route("GET", "/v1/stream", event_stream, gate)
     install_error_handlers(app)
     app.include_router(events_router(guarded))
+    app.include_router(session_router(gate, settings))
     app.include_router(health_router(event_stream.not_ready_reason, metrics.registry))
     app.state.hub = hub
     app.state.on_shutdown_signal = drain_soon

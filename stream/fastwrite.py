@@ -67,7 +67,7 @@ def internals_present(cycle: RequestResponseCycle) -> bool:
 
 def _httptools_cycle(send: Send) -> RequestResponseCycle | None:
     """The httptools cycle whose ``send`` this is, if it has everything read here."""
-    cycle = getattr(send, "__self__", None)
+    cycle = getattr(getattr(send, "__wrapped__", send), "__self__", None)  # through core.cors.AddedHeaders
     if type(cycle) is not RequestResponseCycle or not internals_present(cycle):
         return None
     return cycle
@@ -112,7 +112,7 @@ def stream_transport(send: Send) -> asyncio.Transport | None:
     Its write buffer, ``get_extra_info("socket")`` and ``abort`` are asyncio's public API; only finding it
     reads uvicorn's cycle.
     """
-    cycle = getattr(send, "__self__", None)
+    cycle = getattr(getattr(send, "__wrapped__", send), "__self__", None)
     if type(cycle) is h11_impl.RequestResponseCycle:
         transport: asyncio.Transport | None = getattr(cycle, "transport", None)
         return transport
