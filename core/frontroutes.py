@@ -57,7 +57,9 @@ class FrontRoutedApp(FastAPI):
     clients elsewhere, and a redirected POST loses its body with many clients.
     """
 
-    def __init__(self, cors: Cors | None = None, **kwargs: Any) -> None:
+    def __init__(self, cors: Cors | None = None, docs: bool = True, **kwargs: Any) -> None:
+        if not docs:  # the documentation routes are not there at all: a 404 like any unknown path
+            kwargs.update(docs_url=None, redoc_url=None, openapi_url=None)
         super().__init__(redirect_slashes=False, **kwargs)
         self.front_routes: dict[tuple[str, str], ASGIApp] = {}
         self.cors = cors or Cors(())

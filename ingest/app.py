@@ -31,7 +31,7 @@ class IngestApp(FrontRoutedApp):
     """The ingest service's app: an answer given before the request's body ended drains the rest (ingest/drain.py)."""
 
     def __init__(self, settings: Settings, **kwargs: Any) -> None:
-        super().__init__(cors=Cors(settings.cors_origins), **kwargs)
+        super().__init__(cors=Cors(settings.cors_origins), docs=settings.docs, **kwargs)
         self.discard_max_bytes = settings.discard_max_bytes
         self.discard_timeout_s = settings.discard_timeout_s
 

@@ -63,6 +63,7 @@ def create_app(settings: Settings) -> FrontRoutedApp:
 
     app = FrontRoutedApp(
         cors=Cors(settings.cors_origins),
+        docs=settings.docs,
         title="Telemetry stream",
         summary="Sensor readings as Server-Sent Events, per topic pattern, resumable with Last-Event-ID.",
         version="0.1.0",

@@ -383,6 +383,7 @@ def test_the_rendered_settings_are_exactly_the_settings_object(
     assert settings.stream_max_bytes == 1 << 30
     assert settings.stream_replicas == 1
     assert settings.log_format == "json"
+    assert (settings.auth, settings.docs) == ("required", False)  # the chart's secure defaults
 
 
 def test_large_and_fractional_numbers_survive_helm(chart: helm.Chart) -> None:

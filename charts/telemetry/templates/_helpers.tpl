@@ -228,6 +228,7 @@ Integers go through int64: Helm reads numbers as floats and would print 10737418
   "TELEMETRY_AUTH_QUERY_TOKEN" (toString $t.auth.queryToken)
   "TELEMETRY_AUTH_COOKIE_NAME" $t.auth.cookieName
   "TELEMETRY_CORS_ORIGINS" (join "," $t.corsOrigins)
+  "TELEMETRY_DOCS" (toString $t.docs)
   "TELEMETRY_NATS_TLS_FIRST" (toString .Values.natsConnection.tls.first)
 -}}
 {{- range $file := include "telemetry.secretFiles" . | fromYamlArray -}}
