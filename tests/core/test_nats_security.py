@@ -158,20 +158,36 @@ async def test_a_reading_goes_from_ingest_to_the_stream_through_a_secured_nats(
 ) -> None:
     case = cases[name]
     settings = make_settings(nats_urls=[secured_nats(case)], **case.settings)
-    async with (
-        serve(create_ingest(settings)) as ingest_url,
-        serve(create_stream(settings)) as stream_url,
-        events(stream_url, "plant1.>") as live,
-        httpx.AsyncClient() as device,
-    ):
-        answer = await device.post(f"{ingest_url}/v1/readings", json=READING)
-        assert answer.status_code == 202, answer.text
-        seq = answer.json()["results"][0]["seq"]
-        (event,) = await take(live, 1)
-        # A dashboard resuming from the start gets it by a replay, on a wire connection of its own.
-        async with events(stream_url, "plant1.>", headers={"Last-Event-ID": "0"}) as resumed:
-            (replayed,) = await take(resumed, 1)
+    with capture_logs() as logs:
+        async with (
+            serve(create_ingest(settings)) as ingest_url,
+            serve(create_stream(settings)) as stream_url,
+            events(stream_url, "plant1.>") as live,
+            httpx.AsyncClient() as device,
+        ):
+            answer = await device.post(f"{ingest_url}/v1/readings", json=READING)
+            assert answer.status_code == 202, answer.text
+            seq = answer.json()["results"][0]["seq"]
+            (event,) = await take(live, 1)
+            # A dashboard resuming from the start gets it by a replay, on a wire connection of its own.
+            async with events(stream_url, "plant1.>", headers={"Last-Event-ID": "0"}) as resumed:
+                (replayed,) = await take(resumed, 1)
     assert int(event.id) == int(replayed.id) == seq
+    secrets, logged = secret_lines(case), repr(logs)
+    assert bool(secrets) == (name in ("mutual-tls", "nkey", "creds"))  # the check below looks for something
+    assert [secret for secret in secrets if secret in logged] == []  # no seed, JWT or key in a log line
+
+
+def secret_lines(case: Case) -> list[str]:
+    """The lines of the case's seed, .creds and private key files that are secrets: a seed, a JWT, base64 of a key
+    (not the files' markers and notes)."""
+    return [
+        line.strip()
+        for setting in ("nats_nkey_seed_file", "nats_creds_file", "nats_tls_key_file")
+        if setting in case.settings
+        for line in Path(case.settings[setting]).read_text().splitlines()
+        if len(line.strip()) >= 20 and " " not in line.strip() and not line.startswith(("-----", "*"))
+    ]
 
 
 @pytest.mark.parametrize("name", WORKING)
