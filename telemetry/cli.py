@@ -94,7 +94,7 @@ def echoed(field: str, value: Any) -> Any:
         return value
     if isinstance(value, str):
         return ",".join(redact_urls(value.split(",")))
-    return redact_urls(value) if isinstance(value, list) else "***"
+    return redact_urls(value) if isinstance(value, list) else HIDDEN
 
 
 def explain(error: ValidationError, given: dict[str, Any]) -> str:

@@ -1,9 +1,9 @@
 """`helm test`: post a reading to ingest, then read it back over SSE from stream, resuming just before it.
 
-Runs in the chart's own image (`python -c`, httpx and PyJWT are dependencies of the project). Reads INGEST_URL,
-STREAM_URL and TIMEOUT_S from the environment, and with auth required TOKEN_SECRET_FILE (the HS256 secret: a token
-for this test's topic is minted, with TOKEN_AUDIENCE and TOKEN_ISSUER when set) or TOKEN_FILE (a token given);
-exits 0 when the reading came back, 1 otherwise.
+Runs in the chart's own image (`python -c`; httpx is a dependency of the project). Reads INGEST_URL, STREAM_URL
+and TIMEOUT_S from the environment, and with auth required TOKEN_SECRET_FILE (the HS256 secret: a token for this
+test's topic is minted by the project's own `core.auth`, with TOKEN_AUDIENCE and TOKEN_ISSUER when set) or
+TOKEN_FILE (a token given); exits 0 when the reading came back, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -28,19 +28,19 @@ def auth_headers(ttl_s: float) -> dict[str, str]:
     if token_file:
         token = Path(token_file).read_text().strip()
     elif secret_file:
-        import jwt  # only with auth: PyJWT is in the image, as a dependency of the services
+        # The services' own minting (the image holds the project): the claims they check, by construction.
+        from core.auth import mint_token
+        from core.topics import Pattern
 
-        now = int(time.time())
-        patterns = [f"{SITE}.>"]
-        claims: dict[str, Any] = {
-            "iat": now,
-            "exp": now + int(ttl_s) + 60,
-            "telemetry": {"publish": patterns, "subscribe": patterns},
-        }
-        for claim, variable in (("aud", "TOKEN_AUDIENCE"), ("iss", "TOKEN_ISSUER")):
-            if os.environ.get(variable):
-                claims[claim] = os.environ[variable]
-        token = jwt.encode(claims, Path(secret_file).read_bytes().rstrip(b"\r\n"), algorithm="HS256")
+        patterns = [Pattern.parse(f"{SITE}.>")]
+        token = mint_token(
+            Path(secret_file).read_bytes().rstrip(b"\r\n"),
+            publish=patterns,
+            subscribe=patterns,
+            ttl_s=ttl_s + 60,
+            audience=os.environ.get("TOKEN_AUDIENCE") or None,
+            issuer=os.environ.get("TOKEN_ISSUER") or None,
+        )
     else:
         return {}
     return {"Authorization": f"Bearer {token}"}
