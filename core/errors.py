@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 
@@ -62,6 +63,26 @@ class ServiceUnavailable(ApiError):
 
     def __init__(self, message: str, *, retry_after_s: int) -> None:
         super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
+class ErrorDescription(BaseModel):
+    """What went wrong, in the one shape every error answer has."""
+
+    code: str = Field(description="Stable machine-readable code, such as invalid_readings or token_expired.")
+    message: str = Field(description="What was wrong and what to do, for a person.")
+    field: str | None = Field(default=None, description="The body field, header or query parameter at fault.")
+    details: list[dict[str, Any]] | None = Field(default=None, description="Each bad item, when there are several.")
+
+
+class ErrorBody(BaseModel):
+    """The JSON body of every error answer."""
+
+    error: ErrorDescription
+
+
+def error_responses(descriptions: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for error statuses: each documented with its description and the ErrorBody schema."""
+    return {status: {"model": ErrorBody, "description": text} for status, text in descriptions.items()}
 
 
 def location(loc: tuple[int | str, ...]) -> str:

@@ -25,7 +25,11 @@ def _check_token(value: str) -> str:
     return value
 
 
-Token = Annotated[str, Strict(), AfterValidator(_check_token)]
+# The pattern is documented (the OpenAPI document, and what clients and fuzzers generate from); _check_token
+# enforces it with a message of its own.
+Token = Annotated[
+    str, Strict(), AfterValidator(_check_token), Field(json_schema_extra={"pattern": f"^{TOKEN_RE.pattern}$"})
+]
 FiniteNumber = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 MAX_TAGS = 16
 MAX_TAG_VALUE_CHARS = 256

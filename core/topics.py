@@ -14,6 +14,9 @@ TOPIC_TOKENS = 3
 ONE_TOKEN = "*"
 REST = ">"
 MAX_ECHOED_CHARS = 100
+_TOKEN_OR_ANY = rf"(?:{TOKEN_RE.pattern}|\*)"
+# What Pattern.parse accepts, as a regular expression both Python and JSON Schema (OpenAPI) read the same way.
+PATTERN_GRAMMAR = rf"^(?:(?:{_TOKEN_OR_ANY}\.){{0,2}}>|{_TOKEN_OR_ANY}\.{_TOKEN_OR_ANY}\.{_TOKEN_OR_ANY})$"
 
 
 def quoted(text: str) -> str:

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from core.auth import Forbidden, Grant
-from core.errors import ApiError, ServiceUnavailable
+from core.errors import ApiError, ServiceUnavailable, error_responses
 from core.frontroutes import ServedBy
 from core.readings import Reading
 from core.settings import Settings
@@ -108,16 +108,18 @@ def readings_router(endpoint: ASGIApp, max_batch: int) -> APIRouter:
         response_model=Accepted,
         summary="Store one reading (an object) or a batch (a JSON array, or NDJSON); gzip accepted",
         openapi_extra={"requestBody": request_body_schema(max_batch)},
-        responses={
-            400: {"description": "The body is not UTF-8 JSON (or NDJSON), or not valid gzip"},
-            401: {"description": "Auth is required and no valid token or API key was sent (WWW-Authenticate: Bearer)"},
-            403: {"description": "A reading's topic is outside the credentials' publish patterns; nothing stored"},
-            413: {"description": "The body is larger than max_body_bytes, or max_inflated_bytes once inflated"},
-            415: {"description": "Content-Type is not JSON or NDJSON, or Content-Encoding is not gzip"},
-            422: {"description": "A reading is invalid (each listed in details), or the batch is empty or too long"},
-            429: {"description": "A device sent more than its rate; nothing stored; retry all after Retry-After"},
-            503: {"description": "JetStream unavailable or too slow; retry after Retry-After with the same ids"},
-        },
+        responses=error_responses(
+            {
+                400: "The body is not UTF-8 JSON (or NDJSON), or not valid gzip",
+                401: "Auth is required and no valid token or API key was sent (WWW-Authenticate: Bearer)",
+                403: "A reading's topic is outside the credentials' publish patterns; nothing stored",
+                413: "The body is larger than max_body_bytes, or max_inflated_bytes once inflated",
+                415: "Content-Type is not JSON or NDJSON, or Content-Encoding is not gzip",
+                422: "A reading is invalid (each listed in details), or the batch is empty or too long",
+                429: "A device sent more than its rate; nothing stored; retry all after Retry-After",
+                503: "JetStream unavailable or too slow; retry after Retry-After with the same ids",
+            }
+        ),
     )
     async def post_readings() -> ServedBy:
         return ServedBy(endpoint)

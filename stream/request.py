@@ -19,6 +19,7 @@ from core.topics import InvalidPattern, Pattern, quoted
 from stream.limits import Limits
 
 MAX_EVENT_ID_DIGITS = 19
+EVENT_ID_GRAMMAR = rf"^[0-9]{{1,{MAX_EVENT_ID_DIGITS}}}$"  # what parse_event_id accepts (and surrounding blanks)
 MAX_NUMBER_CHARS = 32  # rate and max_events: far beyond any maximum they can lower, and cheap to convert
 Number = TypeVar("Number", int, float)
 
@@ -38,11 +39,10 @@ class StreamRequest:
         query: dict[str, list[str]] = {}
         for name, value in parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True):
             query.setdefault(name, []).append(value)
+        # Both are checked; the header (the browser's own reconnect) wins over the first connect's parameter.
+        asked = parse_event_id(_single(query, "last_event_id"), "last_event_id")
         header = next((value for name, value in scope["headers"] if name == b"last-event-id"), None)
-        if header is not None:
-            resume_after = parse_event_id(header.decode("latin-1"), "Last-Event-ID")
-        else:
-            resume_after = parse_event_id(_single(query, "last_event_id"), "last_event_id")
+        resume_after = asked if header is None else parse_event_id(header.decode("latin-1"), "Last-Event-ID")
         rate = _positive(query, "rate", float)
         max_events = _positive(query, "max_events", int)
         client = scope.get("client")

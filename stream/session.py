@@ -14,6 +14,7 @@ import time
 from fastapi import APIRouter, Request, Response
 
 from core.auth import Gate
+from core.errors import error_responses
 from core.settings import Settings
 
 
@@ -26,7 +27,7 @@ def session_router(gate: Gate, settings: Settings) -> APIRouter:
         "/v1/session",
         status_code=204,
         summary="Keep a token as the stream's cookie",
-        responses={401: {"description": "No token, or one that is not valid."}},
+        responses=error_responses({401: "No token, or one that is not valid (WWW-Authenticate: Bearer)."}),
     )
     async def open_session(request: Request) -> Response:
         session = gate.session_token(request.scope)

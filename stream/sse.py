@@ -16,19 +16,21 @@ from typing import Annotated
 import nats.errors
 import structlog
 from fastapi import APIRouter, Header, Query, Response
+from pydantic import StringConstraints
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from core.auth import Forbidden, Grant
-from core.errors import ApiError, ServiceUnavailable
+from core.errors import ApiError, ServiceUnavailable, error_responses
 from core.frontroutes import ServedBy
 from core.readings import control_frame, retry_frame
 from core.settings import Settings
+from core.topics import PATTERN_GRAMMAR
 from stream.admission import Admission
 from stream.connection import Connection
 from stream.hub import Hub
 from stream.limits import jittered
 from stream.replay import ResumePlan, plan_resume, replay
-from stream.request import StreamRequest
+from stream.request import EVENT_ID_GRAMMAR, StreamRequest
 from stream.slowconsumer import PendingBudget
 
 log = structlog.get_logger(__name__)
@@ -200,18 +202,27 @@ def events_router(endpoint: ASGIApp) -> APIRouter:
         response_class=Response,
         responses={
             200: {"content": {"text/event-stream": {}}, "description": "Events: reading, reset, end."},
-            400: {"description": "Bad topic pattern, event id or limit."},
-            401: {"description": "Auth is required and no valid token was sent (WWW-Authenticate: Bearer)."},
-            403: {"description": "A topic pattern is not covered by the token's subscribe patterns."},
-            503: {"description": "Not connected to JetStream; retry after Retry-After."},
+            **error_responses(
+                {
+                    400: "Bad topic pattern, event id or limit.",
+                    401: "Auth is required and no valid token was sent (WWW-Authenticate: Bearer).",
+                    403: "A topic pattern is not covered by the token's subscribe patterns.",
+                    503: "Not connected to JetStream; retry after Retry-After.",
+                }
+            ),
         },
     )
     async def stream_events(
         topic: Annotated[
-            list[str], Query(description="Topic pattern (site.device.metric, '*' one token, final '>' the rest)")
+            list[Annotated[str, StringConstraints(pattern=PATTERN_GRAMMAR)]],
+            Query(description="Topic pattern (site.device.metric, '*' one token, final '>' the rest)"),
         ],
         last_event_id: Annotated[
-            str | None, Query(description="Resume after this event id on the first connect; 0 = from the start")
+            str | None,
+            Query(
+                pattern=EVENT_ID_GRAMMAR,
+                description="Resume after this event id on the first connect; 0 = from the start",
+            ),
         ] = None,
         rate: Annotated[
             float | None, Query(gt=0, description="Most reading events per second (lowers the server's maximum)")
@@ -220,7 +231,10 @@ def events_router(endpoint: ASGIApp) -> APIRouter:
             int | None, Query(gt=0, description="End the stream after this many events (lowers the server's maximum)")
         ] = None,
         last_event_id_header: Annotated[
-            str | None, Header(alias="Last-Event-ID", description="Sent by EventSource when it reconnects")
+            str | None,
+            Header(
+                alias="Last-Event-ID", pattern=EVENT_ID_GRAMMAR, description="Sent by EventSource when it reconnects"
+            ),
         ] = None,
         access_token: Annotated[
             str | None,

@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import itertools
+import re
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from core.topics import InvalidPattern, Pattern
+from core.topics import PATTERN_GRAMMAR, InvalidPattern, Pattern
 
 LITERALS = ("a", "b")
 # Every topic of three tokens over the literals and one more token no pattern names: a '*' or '>' then matches
@@ -47,3 +48,14 @@ def test_any_text_is_a_pattern_that_prints_as_given_or_a_clear_refusal(text: str
     else:
         assert str(pattern) == text
         assert pattern.covers(pattern)
+
+
+@given(st.one_of(st.from_regex(PATTERN_GRAMMAR, fullmatch=True), st.text(alphabet="ab.*>-_ \n", max_size=12)))
+def test_the_documented_pattern_grammar_accepts_exactly_what_the_service_does(text: str) -> None:
+    # The grammar is the topic parameter's "pattern" in the OpenAPI document: clients and fuzzers generate from it.
+    try:
+        Pattern.parse(text)
+    except InvalidPattern:
+        assert re.fullmatch(PATTERN_GRAMMAR, text) is None
+    else:
+        assert re.fullmatch(PATTERN_GRAMMAR, text) is not None

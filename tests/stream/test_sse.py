@@ -178,6 +178,7 @@ async def test_id_beyond_the_stream_resets_to_everything_stored(settings: Settin
         ({}, {}, "topic"),
         ({"topic": "a.b.c", "last_event_id": "-1"}, {}, "last_event_id"),
         ({"topic": "a.b.c"}, {"Last-Event-ID": "abc"}, "Last-Event-ID"),
+        ({"topic": "a.b.c", "last_event_id": ""}, {"Last-Event-ID": "1"}, "last_event_id"),  # found by the fuzzer
         ({"topic": "a.b.c", "max_events": "9" * 400}, {}, "max_events"),  # overflowed a float: was a 500
         ({"topic": "a.b.c", "max_events": "0"}, {}, "max_events"),
         ({"topic": "a.b.c", "max_events": "2.5"}, {}, "max_events"),
