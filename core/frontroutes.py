@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from core.auth import Gate, Grant
 from core.cors import AddedHeaders, Cors
+from core.docs import add_docs_routes
 from core.errors import ApiError
 
 VALIDATION_ERROR_REF = "#/components/schemas/HTTPValidationError"
@@ -60,9 +61,13 @@ class FrontRoutedApp(FastAPI):
     """
 
     def __init__(self, cors: Cors | None = None, docs: bool = True, **kwargs: Any) -> None:
+        # FastAPI's pages load their scripts from CDNs: core/docs.py serves /docs instead, and there is no /redoc.
+        kwargs.update(docs_url=None, redoc_url=None)
         if not docs:  # the documentation routes are not there at all: a 404 like any unknown path
-            kwargs.update(docs_url=None, redoc_url=None, openapi_url=None)
+            kwargs.update(openapi_url=None)
         super().__init__(redirect_slashes=False, **kwargs)
+        if self.openapi_url:
+            add_docs_routes(self, self.openapi_url)
         self.front_routes: dict[tuple[str, str], ASGIApp] = {}
         self.cors = cors or Cors(())
 

@@ -241,9 +241,7 @@ class Settings(BaseSettings):
         pattern=TOKEN_PATTERN,
         description="Cookie the stream reads a token from when no Authorization header is sent.",
     )
-    docs: bool = Field(
-        default=True, description="Serve the API documentation: /docs (Swagger UI), /redoc and /openapi.json."
-    )
+    docs: bool = Field(default=True, description="Serve the API documentation: /docs (Swagger UI) and /openapi.json.")
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default=[],
         description=(

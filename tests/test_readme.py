@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from fastapi import FastAPI
 
+from core.docs import swagger_ui_version
 from core.settings import ENV_PREFIX, Settings, env_only
 from ingest.app import create_app as create_ingest
 from ingest.metrics import IngestMetrics
@@ -52,6 +53,11 @@ def test_every_endpoint_is_in_the_readme(create_app: Callable[[Settings], FastAP
     paths = create_app(Settings()).openapi()["paths"]
     endpoints = [f"{method.upper()} {path}" for path, operations in paths.items() for method in operations]
     assert [endpoint for endpoint in endpoints if f"`{endpoint}" not in README] == []
+
+
+def test_the_readme_names_the_swagger_ui_the_services_serve() -> None:
+    version = swagger_ui_version()  # from the vendored package.json
+    assert f"Swagger UI {version}," in README and f"`/docs/assets/{version}/...`" in README
 
 
 def test_the_metrics_in_the_readme_are_the_ones_the_services_have() -> None:

@@ -271,6 +271,8 @@ def test_build_stage_install_steps_work(tmp_path: Path) -> None:
     for package in ("core", "ingest", "stream", "telemetry"):
         modules = {f"{package}/{path.name}" for path in (REPO / package).glob("*.py")}
         assert modules <= names, modules - names
+    assets = {f"core/docs_assets/{path.name}" for path in (REPO / "core" / "docs_assets").iterdir()}
+    assert assets <= names, assets - names  # the files /docs serves (Swagger UI), not only the modules
     required = {
         line.removeprefix("Requires-Dist: ") for line in metadata.splitlines() if line.startswith("Requires-Dist: ")
     }
