@@ -188,6 +188,8 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from telemetry.supervisor import RunOptions, Supervisor
 
     settings = build_settings(args, parser)
+    if args.simulate and settings.auth == "required":
+        _check_simulator_credentials(settings, parser)
     options = RunOptions(
         data_dir=Path(args.data_dir),
         nats_port=args.nats_port,
@@ -196,6 +198,23 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         rate=args.rate,
     )
     return Supervisor(settings, given_settings(args), options).run()
+
+
+def _check_simulator_credentials(settings: Settings, parser: argparse.ArgumentParser) -> None:
+    """With auth required and only public keys, nothing here can mint the simulated devices' token: say so now,
+    rather than start devices whose every reading is refused."""
+    from core.watched import UnusableFile
+    from telemetry.credentials import TOKEN_ENV, has_credentials
+
+    try:
+        usable = has_credentials(settings)
+    except UnusableFile as err:
+        parser.error(str(err))
+    if not usable:
+        parser.error(
+            f"--simulate with {ENV_PREFIX}AUTH=required needs a token for the simulated devices: set {TOKEN_ENV} "
+            f"(one that may publish '>'), or {ENV_PREFIX}JWT_SECRET or {ENV_PREFIX}JWT_SECRET_FILE to mint one"
+        )
 
 
 def command_auth(

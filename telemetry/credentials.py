@@ -24,6 +24,11 @@ TOKEN_TTL_S = 3600.0
 RENEW_AT = 0.5  # share of a minted token's life after which the next request gets a new one
 
 
+def has_credentials(settings: Settings) -> bool:
+    """Whether the command's clients have a token to send: ``TELEMETRY_TOKEN``, or the HS256 secret to mint one."""
+    return bool(os.environ.get(TOKEN_ENV)) or hs256_secret(settings) is not None
+
+
 class CommandAuth(httpx.Auth):
     """``Authorization: Bearer`` on every request of an httpx client, when there is a token to send."""
 

@@ -8,8 +8,10 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+from support.auth import new_key, public_pem
 from support.net import free_port
 from support.pipes import buffered_env, piped
 
@@ -190,3 +192,21 @@ async def test_ctrl_c_before_the_event_loop_runs_exits_quietly() -> None:
             await process.wait()
 
     assert (process.returncode, stderr.decode()) == (0, "")
+
+
+def test_run_simulate_with_only_public_keys_asks_for_a_token_before_starting_anything(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    keys = tmp_path / "public.pem"
+    keys.write_text(public_pem(new_key("ES256")))
+    monkeypatch.setenv("TELEMETRY_AUTH", "required")
+    monkeypatch.setenv("TELEMETRY_JWT_PUBLIC_KEYS_FILE", str(keys))
+    monkeypatch.delenv("TELEMETRY_TOKEN", raising=False)
+
+    with pytest.raises(SystemExit) as exited:
+        main(["run", "--simulate", "2"])
+
+    assert exited.value.code == 2
+    error = capsys.readouterr().err
+    assert "TELEMETRY_TOKEN" in error
+    assert "TELEMETRY_JWT_SECRET" in error

@@ -4,6 +4,7 @@ against real services: tests/telemetry/test_tail.py and test_simulate.py)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -54,3 +55,14 @@ def test_a_minted_token_grants_just_the_commands_patterns_and_is_renewed_at_half
 def test_a_given_token_wins_and_without_one_or_a_secret_nothing_is_sent() -> None:
     assert sent_token(CommandAuth("given.token", SECRET.encode(), subscribe=[LAB])) == "given.token"
     assert sent_token(CommandAuth(None, None, subscribe=[LAB])) is None
+
+
+def test_a_command_has_credentials_from_the_token_or_the_secret_and_not_from_public_keys_alone(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv(credentials.TOKEN_ENV, raising=False)
+    public_only = Settings(auth="required", jwt_public_keys_file=tmp_path / "keys.pem")
+    assert not credentials.has_credentials(public_only)
+    assert credentials.has_credentials(Settings(auth="required", jwt_secret=SECRET))
+    monkeypatch.setenv(credentials.TOKEN_ENV, "a.token.given")
+    assert credentials.has_credentials(public_only)
