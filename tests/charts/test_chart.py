@@ -448,7 +448,7 @@ def test_in_chart_nats_url_and_stream_replicas(chart: helm.Chart) -> None:
     env = container_env(container_of(deployment(docs, "ingest")), docs)
     assert env["TELEMETRY_NATS_URLS"] == f"nats://{RELEASE}-nats.{NAMESPACE}.svc:4222"
     assert env["TELEMETRY_STREAM_REPLICAS"] == "3"
-    policy = one(docs, "NetworkPolicy")
+    policy = one(docs, "NetworkPolicy", RELEASE)
     nats_rule = policy["spec"]["egress"][0]
     assert nats_rule["ports"] == [{"port": 4222, "protocol": "TCP"}]
     assert nats_rule["to"] == [
@@ -611,18 +611,21 @@ def test_ingress_puts_both_services_behind_one_host(chart: helm.Chart) -> None:
     docs = render(chart, VALUE_SETS["ingress"])
     ingresses = {doc["metadata"]["labels"]["app.kubernetes.io/component"]: doc for doc in find(docs, "Ingress")}
     assert set(ingresses) == {"ingest", "stream"}
-    for component, path in (("ingest", "/v1/readings"), ("stream", "/v1/stream")):
+    # Only what clients use: no /metrics, /docs or probes from outside.
+    for component, paths in (("ingest", ["/v1/readings"]), ("stream", ["/v1/stream", "/v1/session"])):
         spec = ingresses[component]["spec"]
         assert spec["ingressClassName"] == "nginx"
         assert spec["tls"] == [{"hosts": ["telemetry.example.com"], "secretName": f"{RELEASE}-tls"}]
         (rule,) = spec["rules"]
         assert rule["host"] == "telemetry.example.com"
-        (route,) = rule["http"]["paths"]
-        assert (route["path"], route["pathType"]) == (path, "Exact")
-        backend = route["backend"]["service"]
-        service = one(docs, "Service", backend["name"])
-        assert service["metadata"]["labels"]["app.kubernetes.io/component"] == component
-        assert backend["port"]["name"] in [port["name"] for port in service["spec"]["ports"]]
+        assert [(route["path"], route["pathType"]) for route in rule["http"]["paths"]] == [
+            (path, "Exact") for path in paths
+        ]
+        for route in rule["http"]["paths"]:
+            backend = route["backend"]["service"]
+            service = one(docs, "Service", backend["name"])
+            assert service["metadata"]["labels"]["app.kubernetes.io/component"] == component
+            assert backend["port"]["name"] in [port["name"] for port in service["spec"]["ports"]]
     stream = ingresses["stream"]["metadata"]["annotations"]
     assert stream["nginx.ingress.kubernetes.io/proxy-buffering"] == "off"
     assert stream["nginx.ingress.kubernetes.io/proxy-http-version"] == "1.1"
@@ -668,6 +671,32 @@ def test_network_policy_covers_the_services_only(chart: helm.Chart) -> None:
     assert {"port": 4317, "protocol": "TCP"} in egress_ports
     assert "from" not in one(render(chart, EXTERNAL), "NetworkPolicy")["spec"]["ingress"][0]
     assert find(render(chart, {**EXTERNAL, "networkPolicy": {"enabled": False}}), "NetworkPolicy") == []
+
+
+def test_only_this_releases_pods_reach_the_in_chart_nats(chart: helm.Chart) -> None:
+    """Whoever reaches NATS's client port reads and writes every reading, past the services' auth."""
+    docs = render(chart, {})
+    policy = one(docs, "NetworkPolicy", f"{RELEASE}-nats")["spec"]
+    nats_pod = {
+        "app.kubernetes.io/name": "nats",
+        "app.kubernetes.io/instance": RELEASE,
+        "app.kubernetes.io/component": "nats",
+    }
+    assert selects(policy["podSelector"], nats_pod) and policy["policyTypes"] == ["Ingress"]
+    allowed = {rule["ports"][0]["port"]: rule.get("from") for rule in policy["ingress"]}
+    assert set(allowed) == {4222, 6222, 8222}
+    clients = [peer["podSelector"] for peer in allowed[4222]]
+    for pod in (
+        deployment(docs, "ingest")["spec"]["template"]["metadata"]["labels"],
+        deployment(docs, "stream")["spec"]["template"]["metadata"]["labels"],
+        one(docs, "Pod")["metadata"]["labels"],  # the helm test pod
+    ):
+        assert any(selects(selector, pod) for selector in clients)
+    assert not any(selects(selector, {**nats_pod, "app.kubernetes.io/component": "x"}) for selector in clients)
+    assert [peer["podSelector"] for peer in allowed[6222]] == [{"matchLabels": nats_pod}]  # routes: servers only
+    assert allowed[8222] is None  # probes and Prometheus
+    assert find(render(chart, EXTERNAL), "NetworkPolicy", f"{RELEASE}-nats") == []
+    assert find(render(chart, {"networkPolicy": {"enabled": False}}), "NetworkPolicy") == []
 
 
 def test_forwarded_allow_ips_reach_both_services(chart: helm.Chart) -> None:

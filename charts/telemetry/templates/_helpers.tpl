@@ -52,6 +52,15 @@ app.kubernetes.io/part-of: {{ include "telemetry.name" . }}
 {{- end -}}
 
 {{/*
+telemetry.natsSelectorLabels: the labels of the in-chart NATS servers' pods (the official chart's).
+*/}}
+{{- define "telemetry.natsSelectorLabels" -}}
+app.kubernetes.io/name: {{ default "nats" .Values.nats.nameOverride }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: nats
+{{- end -}}
+
+{{/*
 telemetry.selectorLabels: the labels that select this release's pods (never change them: selectors are
 immutable). A component adds app.kubernetes.io/component.
 */}}

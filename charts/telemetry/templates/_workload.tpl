@@ -299,11 +299,13 @@ spec:
     - host: {{ $ingress.hostname | quote }}
       http:
         paths:
-          - path: {{ .path }}
+          {{- range .paths }}
+          - path: {{ . }}
             pathType: Exact
             backend:
               service:
-                name: {{ include "telemetry.componentName" . }}
+                name: {{ include "telemetry.componentName" $ }}
                 port:
                   name: http
+          {{- end }}
 {{- end -}}
