@@ -71,6 +71,7 @@ class NatsSecurity:
     tls: ssl.SSLContext | None = None
     tls_first: bool = False
     credentials: NatsCredentials | None = None
+    server_name: str | None = None  # what a server's certificate must name; None: the host of its URL
 
     @classmethod
     def load(cls, settings: Settings) -> NatsSecurity:
@@ -80,6 +81,7 @@ class NatsSecurity:
             tls=_tls_context(settings) if configured else None,
             tls_first=settings.nats_tls_first,
             credentials=_credentials(settings),
+            server_name=settings.nats_tls_server_name,
         )
 
     def tls_context(self) -> ssl.SSLContext:
@@ -91,6 +93,8 @@ class NatsSecurity:
         options: dict[str, Any] = {"tls_handshake_first": self.tls_first}
         if self.tls is not None:
             options["tls"] = self.tls
+        if self.server_name is not None:
+            options["tls_hostname"] = self.server_name
         if self.credentials is not None:
             options.update(self.credentials.nats_py_options())
         return options

@@ -66,6 +66,13 @@ class Settings(BaseSettings):
         default=False,
         description="TLS from the first byte, before the server's INFO (nats-server's tls handshake_first).",
     )
+    nats_tls_server_name: str | None = Field(
+        default=None,
+        description=(
+            "Name the NATS servers' certificates must carry, checked instead of each URL's host: for servers "
+            "reached by IP address, such as those a cluster announces."
+        ),
+    )
     nats_nkey_seed_file: Path | None = Field(
         default=None,
         description="File holding the NKEY seed (SU...) of a NATS user authenticated by its public key.",

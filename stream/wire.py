@@ -106,7 +106,7 @@ class WireSubscriber(asyncio.Protocol):
         tls = security.tls_context() if security.tls_first else None
         try:
             _, subscriber = await loop.create_connection(
-                cls, host, port, ssl=tls, server_hostname=host if tls else None
+                cls, host, port, ssl=tls, server_hostname=(security.server_name or host) if tls else None
             )
         except ssl.SSLError as err:
             raise WireError(f"TLS handshake with {host}:{port} failed: {err}") from err
@@ -122,17 +122,20 @@ class WireSubscriber(asyncio.Protocol):
     async def _handshake(self, url: ParseResult, subject: str, name: str, security: NatsSecurity) -> None:
         info = await self._info
         if not security.tls_first and (info.get("tls_required") or url.scheme == "tls"):
-            await self._start_tls(*address(url), security.tls_context())
+            await self._start_tls(*address(url), security.tls_context(), security.server_name)
         self._pong = asyncio.get_running_loop().create_future()
         connect = connect_options(url, name, info.get("nonce"), security.credentials)
         self.write(connect + b"SUB %s %s\r\nPING\r\n" % (subject.encode(), SID))
         await self._pong
 
-    async def _start_tls(self, host: str, port: int, context: ssl.SSLContext) -> None:
-        """Upgrade the connection after INFO; the server's name is checked (an IP address against the IP SANs)."""
+    async def _start_tls(self, host: str, port: int, context: ssl.SSLContext, server_name: str | None) -> None:
+        """Upgrade the connection after INFO; the certificate must name ``server_name``, else the host (an IP
+        address is checked against the IP SANs)."""
         assert self._transport is not None
         try:
-            transport = await asyncio.get_running_loop().start_tls(self._transport, self, context, server_hostname=host)
+            transport = await asyncio.get_running_loop().start_tls(
+                self._transport, self, context, server_hostname=server_name or host
+            )
         except OSError as err:
             raise WireError(f"TLS handshake with {host}:{port} failed: {err}") from err
         if transport is None:

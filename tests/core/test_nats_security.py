@@ -42,16 +42,19 @@ REFUSED = {
     "no-client-certificate": "certificate required|Broken pipe|Connection reset|unexpected EOF",
     "foreign-client-certificate": "unknown ca|Broken pipe|Connection reset|unexpected EOF",
     "wrong-nkey": "Authorization Violation",
+    "name-not-in-certificate": "IP address mismatch",
 }
+SERVER_NAME = "nats.internal"  # the one name of the "named" server certificate, which has no IP address
 
 
 @dataclass(frozen=True)
 class Pki:
-    """A CA, what it issued (a server certificate for 127.0.0.1, valid or expired, and a client's), and another CA
+    """A CA, what it issued (a server certificate for 127.0.0.1, valid or expired, one for a DNS name only, and a client's), and another CA
     with a client certificate of its own."""
 
     ca: CertificateAuthority
     server: Issued
+    named: Issued
     expired: Issued
     client: Issued
     wrong_ca: CertificateAuthority
@@ -95,6 +98,7 @@ def pki(tmp_path: Path) -> Pki:
     return Pki(
         ca=ca,
         server=ca.issue("server", server=True),
+        named=ca.issue("named", server=True, dns_name=SERVER_NAME),
         expired=ca.issue("expired", server=True, expired=True),
         client=ca.issue("client", server=False),
         wrong_ca=wrong_ca,
@@ -117,6 +121,8 @@ def cases(pki: Pki, tmp_path: Path) -> dict[str, Case]:
         "upgrade": Case(tls_block(pki.server), "nats", trusting),
         "tls-first": Case(tls_block(pki.server, first=True), "tls", {**trusting, "nats_tls_first": True}),
         "mutual-tls": Case(verifying, "tls", {**trusting, **client_files(pki.client)}),
+        # A server reached by IP address (as a cluster announces its servers) whose certificate names it otherwise.
+        "server-name": Case(tls_block(pki.named), "tls", {**trusting, "nats_tls_server_name": SERVER_NAME}),
         "nkey": Case(nkey_users, settings={"nats_nkey_seed_file": tmp_path / "user.nk"}),
         "creds": Case(operator.server_config(), settings={"nats_creds_file": tmp_path / "user.creds"}),
         "wrong-ca": Case(tls_block(pki.server), "tls", {"nats_tls_ca_file": pki.wrong_ca.cert_file}),
@@ -124,6 +130,7 @@ def cases(pki: Pki, tmp_path: Path) -> dict[str, Case]:
         "no-client-certificate": Case(verifying, "tls", trusting),
         "foreign-client-certificate": Case(verifying, "tls", {**trusting, **client_files(pki.foreign_client)}),
         "wrong-nkey": Case(nkey_users, settings={"nats_nkey_seed_file": tmp_path / "stranger.nk"}),
+        "name-not-in-certificate": Case(tls_block(pki.named), "tls", trusting),
     }
 
 
@@ -145,7 +152,7 @@ def secured_nats(tmp_path: Path) -> Iterator[Callable[[Case], str]]:
         server.stop()
 
 
-WORKING = ["tls-url", "upgrade", "tls-first", "mutual-tls", "nkey", "creds"]
+WORKING = ["tls-url", "upgrade", "tls-first", "mutual-tls", "server-name", "nkey", "creds"]
 
 
 @pytest.mark.parametrize("name", WORKING)

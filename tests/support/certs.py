@@ -83,8 +83,9 @@ class CertificateAuthority:
         )
         self.cert_file = _write(directory, name, self.cert, self.key).cert_file
 
-    def issue(self, stem: str, *, server: bool, expired: bool = False) -> Issued:
-        """A certificate for 127.0.0.1 (a server's) or for a client, valid now or expired since yesterday."""
+    def issue(self, stem: str, *, server: bool, expired: bool = False, dns_name: str | None = None) -> Issued:
+        """A certificate for 127.0.0.1 and localhost (a server's; for ``dns_name`` alone when given) or for a client,
+        valid now or expired since yesterday."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         valid = (now - 3 * DAY, now - DAY) if expired else (now - DAY, now + DAY)
@@ -96,7 +97,6 @@ class CertificateAuthority:
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False)
         )
         if server:
-            builder = builder.add_extension(
-                x509.SubjectAlternativeName([x509.IPAddress(LOOPBACK), x509.DNSName("localhost")]), critical=False
-            )
+            names = [x509.DNSName(dns_name)] if dns_name else [x509.IPAddress(LOOPBACK), x509.DNSName("localhost")]
+            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
         return _write(self.directory, stem, builder.sign(self.key, hashes.SHA256()), key)

@@ -239,6 +239,7 @@ Integers go through int64: Helm reads numbers as floats and would print 10737418
   "TELEMETRY_CORS_ORIGINS" (join "," $t.corsOrigins)
   "TELEMETRY_DOCS" (toString $t.docs)
   "TELEMETRY_NATS_TLS_FIRST" (toString .Values.natsConnection.tls.first)
+  "TELEMETRY_NATS_TLS_SERVER_NAME" .Values.natsConnection.tls.serverName
 -}}
 {{- range $file := include "telemetry.secretFiles" . | fromYamlArray -}}
 {{- $_ := set $settings $file.setting (ternary $file.path "" $file.mounted) -}}
