@@ -14,7 +14,8 @@ from collections.abc import Iterable
 from starlette.types import Message, Scope, Send
 
 ALLOW_METHODS = b"GET, POST, DELETE"
-ALLOW_HEADERS = b"Authorization, Content-Type, Content-Encoding, Last-Event-ID, X-API-Key"
+ALLOW_HEADERS = b"Authorization, Content-Type, Content-Encoding, Last-Event-ID, X-API-Key, X-Request-ID"
+EXPOSE_HEADERS = b"X-Request-ID, Retry-After"
 MAX_AGE_S = 600
 
 
@@ -60,6 +61,7 @@ class Cors:
         return [
             (b"access-control-allow-origin", origin),
             (b"access-control-allow-credentials", b"true"),
+            (b"access-control-expose-headers", EXPOSE_HEADERS),
             (b"vary", b"Origin"),
         ]
 

@@ -5,10 +5,10 @@ Per request, FastAPI's middleware stack, router and dependency solving cost more
 The busiest endpoints are plain ASGI apps called directly; their FastAPI routes stay in the OpenAPI
 schema (/docs) and serve the same way if reached.
 
-What FastAPI's middleware would give them, they get in one place: CORS for every route in
-``FrontRoutedApp.__call__`` (core/cors.py), and ``Guarded``: each hot route is added with ``add_front_route``,
-which puts it behind the service's ``Gate`` (authentication), and its endpoint is handed the request's grant;
-it has no way to be called without one.
+What FastAPI's middleware would give them, they get in one place: request ids (core/requestids.py) and CORS
+(core/cors.py) for every route in ``FrontRoutedApp.__call__``, and ``Guarded``: each hot route is added with
+``add_front_route``, which puts it behind the service's ``Gate`` (authentication), and its endpoint is handed
+the request's grant; it has no way to be called without one.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from core.auth import Gate, Grant
 from core.cors import AddedHeaders, Cors
 from core.docs import add_docs_routes
 from core.errors import ApiError
+from core.requestids import HEADER as REQUEST_ID_HEADER
+from core.requestids import bind_to_logs, request_id
 
 VALIDATION_ERROR_REF = "#/components/schemas/HTTPValidationError"
 
@@ -98,13 +100,17 @@ class FrontRoutedApp(FastAPI):
         return document
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
+        if scope["type"] == "http":  # every route, the hot ones too: request ids and CORS here, before them all
+            identifier = request_id(scope)
+            bind_to_logs(identifier)
+            headers = [(REQUEST_ID_HEADER, identifier)]
             origin = self.cors.allowed_origin(scope)
-            if origin is not None:  # every route, the hot ones too: CORS is answered here, before them all
+            if origin is not None:
                 if self.cors.is_preflight(scope):
-                    await self.cors.answer_preflight(origin, send)
+                    await self.cors.answer_preflight(origin, AddedHeaders(send, headers))
                     return
-                send = AddedHeaders(send, self.cors.headers(origin))
+                headers += self.cors.headers(origin)
+            send = AddedHeaders(send, headers)  # one wrapper: the stream's direct writer looks through one
             endpoint = self.front_routes.get((scope["method"], scope["path"]))
             if endpoint is not None:
                 await endpoint(scope, receive, send)

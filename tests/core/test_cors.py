@@ -40,8 +40,11 @@ async def test_a_preflight_from_an_allowed_origin_is_answered_and_others_get_not
     assert cors_headers(allowed) == {
         "access-control-allow-origin": PAGE,
         "access-control-allow-credentials": "true",
+        "access-control-expose-headers": "X-Request-ID, Retry-After",
         "access-control-allow-methods": "GET, POST, DELETE",
-        "access-control-allow-headers": "Authorization, Content-Type, Content-Encoding, Last-Event-ID, X-API-Key",
+        "access-control-allow-headers": (
+            "Authorization, Content-Type, Content-Encoding, Last-Event-ID, X-API-Key, X-Request-ID"
+        ),
         "access-control-max-age": "600",
     }
     assert cors_headers(refused) == {}
@@ -60,6 +63,7 @@ async def test_a_page_of_an_allowed_origin_may_read_the_answer_to_its_post(
         assert cors_headers(answer) == {
             "access-control-allow-origin": PAGE,
             "access-control-allow-credentials": "true",
+            "access-control-expose-headers": "X-Request-ID, Retry-After",  # what a page may read besides the body
         }
         assert answer.headers["vary"] == "Origin"
     assert other.status_code == 202 and cors_headers(other) == {}

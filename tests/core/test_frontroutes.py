@@ -1,14 +1,18 @@
 """The services' app class: a trailing slash is a 404 in the JSON error shape, never a redirect to the Host header;
-every hot route is behind the service's gate."""
+every hot route is behind the service's gate, and every answer, the hot routes' too, carries its request id."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
 import httpx
 import pytest
+import structlog
 from fastapi import FastAPI
+from structlog.testing import capture_logs
+from support.natsproc import StoppableNatsServer
 
 from core.frontroutes import FrontRoutedApp, Guarded
 from core.settings import Settings
@@ -49,3 +53,47 @@ async def test_every_hot_route_is_behind_the_gate(
         }
     assert answers == dict.fromkeys(app.front_routes, 401)
     assert all(isinstance(endpoint, Guarded) for endpoint in app.front_routes.values())
+
+
+@pytest.mark.parametrize("create_app", [create_ingest, create_stream], ids=["ingest", "stream"])
+async def test_every_answer_carries_its_request_id_and_the_log_lines_of_the_request_name_it(
+    create_app: Callable[[Settings], FastAPI], make_settings: Callable[..., Settings], serve: Serve
+) -> None:
+    """The hot routes skip FastAPI's middleware: each of them, refused or served, and any other route get an id."""
+    app = create_app(make_settings(auth="required", jwt_secret="a-secret-of-at-least-32-bytes-0123456789"))
+    assert isinstance(app, FrontRoutedApp)
+    routes = [*app.front_routes, ("GET", "/healthz"), ("GET", "/no-such-path")]
+    async with serve(app) as url, httpx.AsyncClient(timeout=10.0) as client:
+
+        async def ids(method: str, path: str, given: str | None) -> str:
+            headers = {} if given is None else {"X-Request-ID": given}
+            answer = await client.request(method, url + path + "?topic=a.b.c", json={}, headers=headers)
+            return answer.headers["x-request-id"]
+
+        kept = {route: await ids(*route, "lb-7f3a.42:1") for route in routes}
+        made = [await ids(*route, None) for route in routes for _ in range(2)]
+        replaced = {route: await ids(*route, "two words\tand a tab" + "x" * 200) for route in routes}
+    assert kept == dict.fromkeys(routes, "lb-7f3a.42:1")  # a proxy's or device's own id ties both logs together
+    assert len(set(made)) == len(made) and all(re.fullmatch("[0-9a-f]{16}", made_id) for made_id in made)
+    assert all(re.fullmatch("[0-9a-f]{16}", new_id) for new_id in replaced.values())  # no text of the client's
+
+
+async def test_a_log_line_written_while_serving_a_request_names_its_id(
+    make_settings: Callable[..., Settings], serve: Serve, own_nats: StoppableNatsServer
+) -> None:
+    """A publish JetStream does not acknowledge is logged inside the request (readings_not_stored): its line names
+    the request's id."""
+    settings = make_settings(nats_urls=[own_nats.url], publish_timeout_s=1.0)
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        async with serve(create_ingest(settings)) as url, httpx.AsyncClient(timeout=30.0) as client:
+            own_nats.pause()
+            try:
+                answer = await client.post(
+                    f"{url}/v1/readings",
+                    json={"device": "d", "metric": "m", "value": 1},
+                    headers={"X-Request-ID": "device-42-req-9"},
+                )
+            finally:
+                own_nats.resume()
+    assert answer.status_code == 503 and answer.headers["x-request-id"] == "device-42-req-9"
+    assert [line.get("request_id") for line in logs if line["event"] == "readings_not_stored"] == ["device-42-req-9"]

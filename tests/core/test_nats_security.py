@@ -49,8 +49,8 @@ SERVER_NAME = "nats.internal"  # the one name of the "named" server certificate,
 
 @dataclass(frozen=True)
 class Pki:
-    """A CA, what it issued (a server certificate for 127.0.0.1, valid or expired, one for a DNS name only, and a client's), and another CA
-    with a client certificate of its own."""
+    """A CA, what it issued (a server certificate for 127.0.0.1, valid or expired, one for a DNS name only, and a
+    client's), and another CA with a client certificate of its own."""
 
     ca: CertificateAuthority
     server: Issued

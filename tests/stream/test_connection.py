@@ -55,7 +55,7 @@ def writing_on(transport_class: type[RaisingTransport]) -> Callable[[Send], Chun
     once their response head is written."""
 
     def writer(send: Send) -> ChunkWriter | None:
-        cycle = send.__self__  # type: ignore[attr-defined]
+        cycle = send.__wrapped__.__self__  # type: ignore[attr-defined]  # through the request id's AddedHeaders
         if BROKEN.encode() in cycle.scope["query_string"]:
             cycle.transport = transport_class(cycle.transport)
         return chunk_writer(send)

@@ -82,7 +82,7 @@ async def test_a_cycle_that_lacks_what_the_writer_reads_gets_no_writer_and_a_clo
     outcomes: dict[str, object] = {}
 
     async def probe(scope: Scope, receive: Receive, send: Send) -> None:
-        cycle = send.__self__  # type: ignore[attr-defined]
+        cycle = send.__wrapped__.__self__  # type: ignore[attr-defined]  # through the request id's AddedHeaders
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
         for name in (*CYCLE_ATTRIBUTES, *FLOW_ATTRIBUTES):
             fastwrite._internals_present = None

@@ -1,0 +1,32 @@
+"""Request ids: every answer carries ``X-Request-ID``, and every log line written while serving it names it.
+
+A client's own id is kept when it is a plain token (an id a proxy or device already logged ties both logs
+together); anything else is replaced, so a client cannot put arbitrary text into the logs or the answer.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import structlog
+from starlette.types import Scope
+
+HEADER = b"x-request-id"
+CLIENT_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+
+
+def request_id(scope: Scope) -> bytes:
+    """The request's id: its ``X-Request-ID`` when that is a plain token, else a new random one."""
+    given: bytes
+    for name, given in scope["headers"]:
+        if name == HEADER:
+            if CLIENT_ID.fullmatch(given):
+                return given
+            break
+    return os.urandom(8).hex().encode()
+
+
+def bind_to_logs(identifier: bytes) -> None:
+    """Name the id in every log line of the current task: uvicorn serves each request in a task of its own."""
+    structlog.contextvars.bind_contextvars(request_id=identifier.decode("ascii"))
