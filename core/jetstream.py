@@ -28,7 +28,15 @@ from core.topics import Subjects
 log = structlog.get_logger(__name__)
 
 RECONNECT_WAIT_S = 0.5
-MUTABLE_FIELDS = ("subjects", "max_age", "max_bytes", "max_msgs_per_subject", "num_replicas", "duplicate_window")
+MUTABLE_FIELDS = (
+    "subjects",
+    "max_age",
+    "max_bytes",
+    "max_msgs_per_subject",
+    "num_replicas",
+    "duplicate_window",
+    "allow_direct",  # snapshot=latest with since= reads older readings by direct get (stream/snapshot.py)
+)
 
 
 def desired_stream(settings: Settings) -> StreamConfig:

@@ -165,7 +165,14 @@ class Settings(BaseSettings):
     max_replay: int = Field(
         default=100_000, gt=0, description="Most stream sequences one resume replays; beyond it 'reset' says where."
     )
-    max_concurrent_replays: int = Field(default=64, gt=0, description="Replays run at once; others wait their turn.")
+    max_concurrent_replays: int = Field(
+        default=64, gt=0, description="Replays and snapshots run at once; others wait their turn."
+    )
+    max_snapshot_topics: int = Field(
+        default=10_000,
+        gt=0,
+        description="Most topics in one snapshot=latest, the most recently updated; beyond it 'reset' says how many.",
+    )
     max_rate_per_s: float = Field(
         default=200.0, gt=0, description="Most reading events per second per connection; beyond it readings conflate."
     )

@@ -74,7 +74,7 @@ class StreamMetrics:
         )
         self.refused = Counter(
             "telemetry_stream_refused_connections",
-            "Streams refused by a cap or a drain, by reason.",
+            "Streams refused by a cap, a drain, or as not servable yet (not_ready, unavailable), by reason.",
             ["reason"],
             registry=self.registry,
         )

@@ -1,15 +1,24 @@
-"""Resume: where a client with ``Last-Event-ID`` N starts, and the replay that brings it up to the live feed."""
+"""Resume: where a client with ``Last-Event-ID`` N (or ``since=`` a time) starts, and the replay that brings it up
+to the live feed."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import nats.js.errors
+from nats.js.api import StreamState
 
 from core.jetstream import JetStreamLink
-from core.readings import control_frame, event_frame
+from core.readings import control_frame, event_frame, format_ts
 from core.topics import Subjects, distinct_filters
 from stream.connection import REPLAY_HIGH_WATER_BYTES, Connection
 from stream.upstream import OrderedFeed
+
+NO_MESSAGE_FOUND = 10037  # JetStream's error code when no stored message matches a get
+API_TIMEOUT_S = 5.0  # as nats-py's JetStream requests
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,16 +27,20 @@ class ResumePlan:
 
     start_after: int
     reset_reason: str | None = None
-    requested: int = 0
+    requested: int | None = None  # the event id asked for
+    requested_time: datetime | None = None  # or the time (since=)
 
     def reset_frame(self) -> bytes | None:
         """The in-band ``reset`` event: what was asked, why it cannot be had, where the replay starts."""
         if self.reset_reason is None:
             return None
-        return control_frame(
-            "reset",
-            {"reason": self.reset_reason, "requested_id": self.requested, "first_available_id": self.start_after + 1},
-        )
+        data: dict[str, object] = {"reason": self.reset_reason}
+        if self.requested is not None:
+            data["requested_id"] = self.requested
+        if self.requested_time is not None:
+            data["requested_time"] = format_ts(self.requested_time)
+        data["first_available_id"] = self.start_after + 1
+        return control_frame("reset", data)
 
 
 async def plan_resume(link: JetStreamLink, requested: int) -> ResumePlan:
@@ -48,10 +61,53 @@ async def plan_resume(link: JetStreamLink, requested: int) -> ResumePlan:
         reason, start_after = "history_expired", first_available - 1
     else:
         reason, start_after = None, requested
-    oldest_allowed = state.last_seq - link.settings.max_replay
-    if start_after < oldest_allowed:
-        reason, start_after = "replay_limit", oldest_allowed
+    start_after, reason = _within_max_replay(state, start_after, reason, link.settings.max_replay)
     return ResumePlan(start_after=start_after, reset_reason=reason, requested=requested)
+
+
+async def plan_since(link: JetStreamLink, since: datetime) -> ResumePlan:
+    """Start at the first reading stored at or after ``since``.
+
+    When the stream has dropped readings (its first is not its sequence 1) and its first is already newer than
+    ``since``, some of what was asked for may be gone: a ``reset`` (reason ``history_expired``) says so. More than
+    ``max_replay`` sequences back: a ``reset`` (reason ``replay_limit``) and the last ``max_replay`` sequences.
+    """
+    assert link.js is not None
+    state = (await link.js.stream_info(link.settings.stream_name)).state
+    # A time to come is live only (and nats-server's nanosecond clock ends in 2262).
+    first = await first_stored_since(link, since) if since < datetime.now(UTC) else None
+    start_after = state.last_seq if first is None else first - 1
+    first_available = state.first_seq or 1
+    expired = first is not None and first <= first_available and first_available > 1
+    start_after, reason = _within_max_replay(
+        state, start_after, "history_expired" if expired else None, link.settings.max_replay
+    )
+    return ResumePlan(start_after=start_after, reset_reason=reason, requested_time=since)
+
+
+async def first_stored_since(link: JetStreamLink, since: datetime) -> int | None:
+    """The sequence of the first reading stored at or after ``since`` (JetStream's own time), or None."""
+    assert link.nc is not None
+    request = {"start_time": since.isoformat(), "next_by_subj": Subjects(link.settings.subject_prefix).all}
+    subject = f"$JS.API.STREAM.MSG.GET.{link.settings.stream_name}"
+    reply = await link.nc.request(subject, json.dumps(request).encode(), timeout=API_TIMEOUT_S)
+    answer = json.loads(reply.data)
+    error = answer.get("error")
+    if error is None:
+        return int(answer["message"]["seq"])
+    if error.get("err_code") == NO_MESSAGE_FOUND:
+        return None
+    raise nats.js.errors.APIError(code=error.get("code"), description=error.get("description"))
+
+
+def _within_max_replay(
+    state: StreamState, start_after: int, reason: str | None, max_replay: int
+) -> tuple[int, str | None]:
+    """At most ``max_replay`` sequences back from the newest: else ``replay_limit`` and the last ``max_replay``."""
+    oldest_allowed = state.last_seq - max_replay
+    if start_after < oldest_allowed:
+        return oldest_allowed, "replay_limit"
+    return start_after, reason
 
 
 async def replay(link: JetStreamLink, connection: Connection, start_after: int, upto: int) -> int:

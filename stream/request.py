@@ -7,7 +7,9 @@ and headers here, with the same rules and the same errors that FastAPI's paramet
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 from urllib.parse import parse_qsl
 
@@ -20,18 +22,32 @@ from stream.limits import Limits
 
 MAX_EVENT_ID_DIGITS = 19
 EVENT_ID_GRAMMAR = rf"^[0-9]{{1,{MAX_EVENT_ID_DIGITS}}}$"  # what parse_event_id accepts (and surrounding blanks)
+# since=: an RFC 3339 time with its offset, or a negative duration back from now (-90s, -15m, -2h, -7d)
+SINCE_GRAMMAR = (
+    r"^(?:-[0-9]{1,9}(?:\.[0-9]{1,6})?[smhd]"
+    r"|[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,9})?(?:Z|[+-][0-9]{2}:[0-9]{2}))$"
+)
+SINCE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+SNAPSHOT_LATEST = "latest"
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_NUMBER_CHARS = 32  # rate and max_events: far beyond any maximum they can lower, and cheap to convert
 Number = TypeVar("Number", int, float)
 
 
 @dataclass(frozen=True, slots=True)
 class StreamRequest:
-    """A valid subscription: patterns, where to resume (None: live only), limits, and who asks."""
+    """A valid subscription: patterns, where it starts, limits, and who asks.
+
+    It starts after ``resume_after`` (an event id), or at ``since`` (a time), or live (neither); with
+    ``snapshot``, the latest reading of every matching topic comes first (as of ``since`` when given).
+    """
 
     patterns: list[Pattern]
     resume_after: int | None
     limits: Limits
     client: str
+    since: datetime | None = None
+    snapshot: bool = False
 
     @classmethod
     def from_scope(cls, scope: Scope, settings: Settings) -> StreamRequest:
@@ -39,18 +55,28 @@ class StreamRequest:
         query: dict[str, list[str]] = {}
         for name, value in parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True):
             query.setdefault(name, []).append(value)
-        # Both are checked; the header (the browser's own reconnect) wins over the first connect's parameter.
+        # All are checked; the header (the browser's own reconnect) wins over what the first connect asked.
         asked = parse_event_id(_single(query, "last_event_id"), "last_event_id")
+        since = parse_since(_single(query, "since"), datetime.now(UTC))
+        snapshot = parse_snapshot(_single(query, "snapshot"))
+        if asked is not None and (since is not None or snapshot):
+            raise InvalidParameter(
+                "last_event_id resumes exactly after an event; it cannot be combined with since or snapshot",
+                field="last_event_id",
+            )
         header = next((value for name, value in scope["headers"] if name == b"last-event-id"), None)
-        resume_after = asked if header is None else parse_event_id(header.decode("latin-1"), "Last-Event-ID")
+        if header is not None:
+            asked, since, snapshot = parse_event_id(header.decode("latin-1"), "Last-Event-ID"), None, False
         rate = _positive(query, "rate", float)
         max_events = _positive(query, "max_events", int)
         client = scope.get("client")
         return cls(
             patterns=parse_patterns(query.get("topic", []), settings.max_patterns),
-            resume_after=resume_after,
+            resume_after=asked,
             limits=connection_limits(settings, rate, max_events),
             client=client[0] if client else "unknown",
+            since=since,
+            snapshot=snapshot,
         )
 
 
@@ -76,6 +102,31 @@ def parse_event_id(value: str | None, field: str) -> int | None:
             f"{field} must be a non-negative integer (an event id this service sent), not {quoted(value)}", field=field
         )
     return int(text)
+
+
+def parse_since(value: str | None, now: datetime) -> datetime | None:
+    """``since=``: an RFC 3339 time with its offset, or a negative duration back from ``now``."""
+    if value is None:
+        return None
+    problem = f"since must be an RFC 3339 time with its offset or a negative duration (-15m), not {quoted(value)}"
+    if not re.fullmatch(SINCE_GRAMMAR, value):
+        raise InvalidParameter(problem, field="since")
+    if value.startswith("-"):  # further back than 1970 is the same as 1970: before any reading
+        back_s = float(value[1:-1]) * SINCE_UNITS[value[-1]]
+        return now - timedelta(seconds=back_s) if back_s < now.timestamp() else EPOCH
+    try:
+        return datetime.fromisoformat(value).astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise InvalidParameter(problem, field="since") from None
+
+
+def parse_snapshot(value: str | None) -> bool:
+    """``snapshot=latest`` (the only kind there is) or nothing."""
+    if value is None:
+        return False
+    if value != SNAPSHOT_LATEST:
+        raise InvalidParameter(f"snapshot must be {SNAPSHOT_LATEST!r}, not {quoted(value)}", field="snapshot")
+    return True
 
 
 def connection_limits(settings: Settings, rate: float | None, max_events: int | None) -> Limits:

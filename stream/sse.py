@@ -11,7 +11,8 @@ import asyncio
 import contextlib
 import random
 import time
-from typing import Annotated
+from dataclasses import dataclass
+from typing import Annotated, Literal
 
 import nats.errors
 import structlog
@@ -20,7 +21,7 @@ from pydantic import StringConstraints
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from core.auth import Forbidden, Grant
-from core.errors import ApiError, ServiceUnavailable, error_responses
+from core.errors import ApiError, error_responses
 from core.frontroutes import ServedBy
 from core.readings import control_frame, retry_frame
 from core.settings import Settings
@@ -29,9 +30,10 @@ from stream.admission import Admission
 from stream.connection import Connection
 from stream.hub import Hub
 from stream.limits import jittered
-from stream.replay import ResumePlan, plan_resume, replay
-from stream.request import EVENT_ID_GRAMMAR, StreamRequest
+from stream.replay import ResumePlan, plan_resume, plan_since, replay
+from stream.request import EVENT_ID_GRAMMAR, SINCE_GRAMMAR, StreamRequest
 from stream.slowconsumer import PendingBudget
+from stream.snapshot import LatestReadings
 
 log = structlog.get_logger(__name__)
 
@@ -69,12 +71,18 @@ class EventStream:
             await refused_stream(refusal, self.settings.overload_retry_ms)(scope, receive, send)
             return
         try:
-            plan = await self._plan(request.resume_after)
-            await self._serve(request, plan, grant, receive, send)
-        except ApiError as err:  # from the plan: the stream never started
-            await err.response()(scope, receive, send)
+            start = await self._prepare(request)
+        except Unservable as err:  # a 200 that says come back: any other answer makes an EventSource give up
+            self.hub.metrics.refused.labels(reason=err.reason).inc()
+            self.admission.release(request.client)
+            await refused_stream(err.reason, self.settings.retry_ms)(scope, receive, send)
+            return
+        try:
+            await self._serve(request, start, grant, receive, send)
         finally:
             self.admission.release(request.client)
+            if start.latest is not None:
+                await start.latest.close()
 
     def drain(self) -> None:
         """Shutting down: refuse new streams, and end every open one with a short jittered ``retry``."""
@@ -90,31 +98,35 @@ class EventStream:
     def _shut(self, connection: Connection) -> None:
         connection.end("shutdown", retry_ms=jittered(self.settings.overload_retry_ms))
 
-    async def _plan(self, requested: int | None) -> ResumePlan | None:
-        reason = self.hub.not_ready_reason()
-        if reason is not None:
-            raise ServiceUnavailable(f"stream service not ready: {reason}", retry_after_s=self.settings.retry_after_s)
-        if requested is None:
-            return None
+    async def _prepare(self, request: StreamRequest) -> Start:
+        """Where the stream starts: the replay plan (a resume, or since=) and the snapshot's consumer, made before
+        the stream joins the hub (stream/snapshot.py says why)."""
+        if self.hub.not_ready_reason() is not None:
+            raise Unservable("not_ready")
+        link = self.hub.link
+        latest = None
         try:
-            plan = await plan_resume(self.hub.link, requested)
+            if request.resume_after is not None:
+                plan = await plan_resume(link, request.resume_after)
+            elif request.since is not None:
+                plan = await plan_since(link, request.since)
+            else:
+                plan = None
+            if request.snapshot:
+                latest = await LatestReadings.open(link, request.patterns)
         except (TimeoutError, nats.errors.Error) as err:
-            raise ServiceUnavailable(
-                f"cannot read the stream to resume: {err or type(err).__name__}",
-                retry_after_s=self.settings.retry_after_s,
-            ) from None
-        if plan.reset_reason is not None:
+            log.warning("stream_start_failed", error=str(err) or repr(err))
+            raise Unservable("unavailable") from None
+        if plan is not None and plan.reset_reason is not None:
             self.hub.metrics.resets.labels(reason=plan.reset_reason).inc()
-        return plan
+        return Start(plan, latest)
 
-    async def _serve(
-        self, request: StreamRequest, plan: ResumePlan | None, grant: Grant, receive: Receive, send: Send
-    ) -> None:
-        hub, metrics = self.hub, self.hub.metrics
+    async def _serve(self, request: StreamRequest, start: Start, grant: Grant, receive: Receive, send: Send) -> None:
+        hub, metrics, plan = self.hub, self.hub.metrics, start.plan
         connection = Connection(
             request.patterns,
-            last_seq=plan.start_after if plan else 0,
-            replaying=plan is not None,
+            last_seq=plan.start_after if plan and not start.latest else 0,
+            replaying=plan is not None or start.latest is not None,
             limits=request.limits,
             mark_dirty=hub.mark_dirty,
             budget=self.budget,
@@ -141,8 +153,8 @@ class EventStream:
         replaying: asyncio.Task[None] | None = None
         try:
             await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
-            if plan is not None:
-                replaying = asyncio.create_task(self._replay(connection, plan.start_after, live_from))
+            if connection.replaying:
+                replaying = asyncio.create_task(self._catch_up(connection, start, live_from))
             connection.open(send)
             # uvicorn answers http.disconnect when the client goes, or once we completed the response;
             # when it cannot tell (see fastwrite.transport_closing), the connection's abort wakes us.
@@ -163,16 +175,39 @@ class EventStream:
                 with contextlib.suppress(asyncio.CancelledError):
                     await replaying
 
-    async def _replay(self, connection: Connection, start_after: int, upto: int) -> None:
+    async def _catch_up(self, connection: Connection, start: Start, live_from: int) -> None:
+        """The snapshot, then the replay, then the live readings held meanwhile."""
+        plan, latest, link = start.plan, start.latest, self.hub.link
         try:
             async with self.hub.replay_slots:
-                count = await replay(self.hub.link, connection, start_after, upto)
+                count = 0
+                if latest is not None:
+                    before = None if plan is None else plan.start_after + 1
+                    count += await latest.send(connection, live_from, self.settings.max_snapshot_topics, before)
+                if plan is not None:
+                    count += await replay(link, connection, plan.start_after, live_from)
         except (TimeoutError, nats.errors.Error) as err:
-            log.warning("replay_failed", error=str(err) or repr(err), start_after=start_after)
+            log.warning("replay_failed", error=str(err) or repr(err), start_after=plan.start_after if plan else None)
             connection.end("replay_failed", retry_ms=jittered(self.settings.retry_ms))
             return
         self.hub.metrics.replayed_events.inc(count)
         connection.finish_replay()
+
+
+class Unservable(Exception):
+    """A stream that cannot be served now (the service is not ready, or JetStream could not be read)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    """Where a stream starts: a replay plan (resume or since=), and the snapshot's consumer (snapshot=latest)."""
+
+    plan: ResumePlan | None
+    latest: LatestReadings | None
 
 
 def check_patterns(request: StreamRequest, grant: Grant) -> None:
@@ -201,13 +236,19 @@ def events_router(endpoint: ASGIApp) -> APIRouter:
         summary="Follow readings as Server-Sent Events",
         response_class=Response,
         responses={
-            200: {"content": {"text/event-stream": {}}, "description": "Events: reading, reset, end."},
+            200: {
+                "content": {"text/event-stream": {}},
+                "description": (
+                    "Events: reading, reset, end. A stream that cannot be served yet (the service is starting, or "
+                    "JetStream cannot be read) is a 200 too: a retry hint and an 'end' event (not_ready, "
+                    "unavailable), as any other status makes a browser's EventSource give up for good."
+                ),
+            },
             **error_responses(
                 {
                     400: "Bad topic pattern, event id or limit.",
                     401: "Auth is required and no valid token was sent (WWW-Authenticate: Bearer).",
                     403: "A topic pattern is not covered by the token's subscribe patterns.",
-                    503: "Not connected to JetStream; retry after Retry-After.",
                 }
             ),
         },
@@ -221,8 +262,20 @@ def events_router(endpoint: ASGIApp) -> APIRouter:
             str | None,
             Query(
                 pattern=EVENT_ID_GRAMMAR,
-                description="Resume after this event id on the first connect; 0 = from the start",
+                description="Resume after this event id on the first connect (0: from the start); not with since or "
+                "snapshot",
             ),
+        ] = None,
+        since: Annotated[
+            str | None,
+            Query(
+                pattern=SINCE_GRAMMAR,
+                description="Replay from this time: RFC 3339 with its offset, or back from now (-90s, -15m, -2h, -7d)",
+            ),
+        ] = None,
+        snapshot: Annotated[
+            Literal["latest"] | None,
+            Query(description="First the latest reading of every matching topic (before 'since' when given)"),
         ] = None,
         rate: Annotated[
             float | None, Query(gt=0, description="Most reading events per second (lowers the server's maximum)")

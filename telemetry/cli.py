@@ -150,6 +150,7 @@ positive_float = _bounded(float, 0, open_low=True)
 positive_int = _bounded(int, 1)
 non_negative_int = _bounded(int, 0)
 port = _bounded(int, 1, 65535)
+history_seconds = _bounded(float, 0, 999_999_999, open_low=True)  # the stream's since= takes up to 9 digits
 
 
 # The commands import what they need when they run: ``tail`` should not wait for FastAPI and uvicorn to load.
@@ -261,6 +262,8 @@ def _tail(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         url=args.url,
         patterns=tuple(args.patterns),
         last_event_id=None if args.last_event_id is None else str(args.last_event_id),
+        snapshot=args.snapshot,
+        since_s=args.since_s,
         raw=args.raw,
         idle_timeout_s=args.idle_timeout_s,
         auth=command_auth(parser, subscribe=patterns),
@@ -370,8 +373,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tail.add_argument("patterns", nargs="+", metavar="PATTERN", help="topic pattern: site.device.metric, *, final >")
     tail.add_argument("--url", default=DEFAULT_STREAM_URL, help=f"stream service (default {DEFAULT_STREAM_URL})")
-    tail.add_argument(
+    start = tail.add_mutually_exclusive_group()
+    start.add_argument(
         "--last-event-id", type=non_negative_int, default=None, metavar="N", help="start after this id (0: all stored)"
+    )
+    start.add_argument(
+        "--since-s",
+        type=history_seconds,
+        default=None,
+        metavar="S",
+        help="start with the readings stored in the last S seconds",
+    )
+    tail.add_argument(
+        "--snapshot",
+        action="store_true",
+        help="start with the latest reading of every matching topic (before --since-s when given)",
     )
     tail.add_argument("--raw", action="store_true", help="print each reading's JSON data as it arrives")
     tail.add_argument(

@@ -33,6 +33,8 @@ class TailOptions:
     url: str
     patterns: tuple[str, ...]
     last_event_id: str | None = None
+    snapshot: bool = False  # first the latest reading of every matching topic
+    since_s: float | None = None  # first the readings of the last since_s seconds
     raw: bool = False
     idle_timeout_s: float = 60.0
     auth: httpx.Auth | None = None  # the credentials sent where the stream service requires them
@@ -86,6 +88,8 @@ class Tail:
         """One connection, read to its end; returns how long to wait before the next one."""
         headers = {"Last-Event-ID": self.last_event_id} if self.last_event_id else {}
         params = [("topic", pattern) for pattern in self.options.patterns]
+        if not self.last_event_id:  # once an event came, a reconnect resumes after it instead
+            params += self.start_params()
         async with aconnect_sse(client, "GET", self.url, params=params, headers=headers) as source:
             response = source.response
             if response.status_code == 429 or response.status_code >= 500:
@@ -101,6 +105,13 @@ class Tail:
                 self.handle(event)
         self.status("stream closed by the server")
         return self.retry_s
+
+    def start_params(self) -> list[tuple[str, str]]:
+        """What the first connect asks for besides the live readings: a snapshot, the recent history."""
+        params = [("snapshot", "latest")] if self.options.snapshot else []
+        if self.options.since_s is not None:
+            params.append(("since", f"-{self.options.since_s:.3f}".rstrip("0").rstrip(".") + "s"))
+        return params
 
     def handle(self, event: ServerSentEvent) -> None:
         """Print one event; remember its id and any retry hint, as EventSource would."""

@@ -111,7 +111,7 @@ async def test_a_stream_that_never_starts_gives_its_slot_back(
 ) -> None:
     settings = make_settings(nats_urls=[f"nats://127.0.0.1:{unused_port}"], max_connections_per_client=1)
     async with serve(create_app(settings), ready=False) as url, httpx.AsyncClient() as client:
-        for _ in range(3):  # each would be refused if a 503 kept the one slot this client has
+        for _ in range(3):  # each would be refused for the cap if one kept the one slot this client has
             answer = await client.get(f"{url}/v1/stream", params={"topic": "a.>", "last_event_id": "0"})
-            assert answer.status_code == 503
+            assert answer.text.endswith('data: {"reason":"not_ready"}\n\n')
         assert await metric(url, "telemetry_stream_connections_active") == 0

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 from httpx_sse import ServerSentEvent
+from support.metrics import metric
 from support.sse import EVENT_TIMEOUT_S, Serve, events, raw_connection, raw_requests, seqs, take
 
 from core.settings import Settings
@@ -231,15 +232,22 @@ async def test_a_request_pipelined_behind_a_stream_is_never_served(
 
 
 async def test_not_ready_without_nats(make_settings: Callable[..., Settings], serve: Serve) -> None:
+    """/readyz says 503; a stream is a 200 with a retry hint and an end event, as a browser's EventSource gives up
+    for good on any other answer: a page keeps trying until the service is back."""
     settings = make_settings(nats_urls=["nats://127.0.0.1:1"])
     async with serve(create_app(settings), ready=False) as url, httpx.AsyncClient() as client:
         assert (await client.get(f"{url}/healthz")).status_code == 200
         ready = await client.get(f"{url}/readyz")
         stream = await client.get(f"{url}/v1/stream", params={"topic": "a.b.c"})
+        refused = await metric(url, 'telemetry_stream_refused_connections_total{reason="not_ready"}')
     assert ready.status_code == 503
     assert "NATS" in ready.json()["reason"]
-    assert stream.status_code == 503
-    assert stream.headers["retry-after"] == str(settings.retry_after_s)
+    assert stream.status_code == 200
+    assert stream.headers["content-type"].startswith("text/event-stream")
+    retry, end = stream.text.strip().split("\n\n")
+    assert 0 < int(retry.removeprefix("retry: ")) <= settings.retry_ms
+    assert end == 'event: end\ndata: {"reason":"not_ready"}'
+    assert refused == 1
 
 
 async def test_metrics_count_connections_and_events(settings: Settings, serve: Serve, publish: Any) -> None:

@@ -210,3 +210,11 @@ def test_run_simulate_with_only_public_keys_asks_for_a_token_before_starting_any
     error = capsys.readouterr().err
     assert "TELEMETRY_TOKEN" in error
     assert "TELEMETRY_JWT_SECRET" in error
+
+
+def test_tail_takes_a_start_id_or_a_history_length_not_both(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["tail", ">", "--last-event-id", "3", "--since-s", "60"])
+
+    assert exited.value.code == 2
+    assert "--since-s: not allowed with argument --last-event-id" in capsys.readouterr().err

@@ -128,6 +128,26 @@ async def test_tail_shows_a_reset_when_the_id_is_unknown(settings: Settings, ser
             assert seq_of(await out.next()) == stored[0]
 
 
+async def test_tail_starts_with_the_snapshot_and_the_recent_history_when_asked(
+    settings: Settings, serve: Serve
+) -> None:
+    stored = await publish(settings, [17.0, 17.5])
+    out, err = Lines(), io.StringIO()
+
+    async with serve(create_app(settings)) as url:
+        async with tailing(TailOptions(url=url, patterns=(">",), snapshot=True), out, err):
+            assert seq_of(await out.next()) == stored[-1]  # the latest of the one topic
+        async with tailing(TailOptions(url=url, patterns=(">",), since_s=3600), out, err):
+            assert [seq_of(await out.next()) for _ in stored] == stored  # the last hour's history
+
+
+def test_tail_asks_for_the_history_as_a_negative_duration_the_stream_takes() -> None:
+    tail = Tail(TailOptions(url="http://s", patterns=(">",), snapshot=True, since_s=90.5))
+
+    assert tail.start_params() == [("snapshot", "latest"), ("since", "-90.5s")]
+    assert Tail(TailOptions(url="http://s", patterns=(">",), since_s=600)).start_params() == [("since", "-600s")]
+
+
 async def test_tail_raw_prints_the_event_data(settings: Settings, serve: Serve) -> None:
     await publish(settings, [18.5])
     out, err = Lines(), io.StringIO()

@@ -217,6 +217,7 @@ Integers go through int64: Helm reads numbers as floats and would print 10737418
   "TELEMETRY_MAX_PATTERNS" (toString (int64 $t.sse.maxPatterns))
   "TELEMETRY_MAX_REPLAY" (toString (int64 $t.sse.maxReplay))
   "TELEMETRY_MAX_CONCURRENT_REPLAYS" (toString (int64 $t.sse.maxConcurrentReplays))
+  "TELEMETRY_MAX_SNAPSHOT_TOPICS" (toString (int64 $t.sse.maxSnapshotTopics))
   "TELEMETRY_MAX_RATE_PER_S" (toString $t.sse.maxRatePerS)
   "TELEMETRY_MAX_EVENTS" (toString (int64 $t.sse.maxEvents))
   "TELEMETRY_MAX_LIFETIME_S" (toString $t.sse.maxLifetimeS)
