@@ -35,11 +35,11 @@ faults: $(STAMP) ## The cluster fault tests at length: each kills and restarts a
 
 BENCH_STAMP := $(VENV)/.installed-bench
 
-bench: $(BENCH_STAMP) ## The benchmarks of bench/README.md against reference servers, one table (about 15 min)
+bench: $(BENCH_STAMP) ## The benchmarks of bench/README.md against reference servers, one table (about 23 min)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 	$(BIN)/python -m bench.ingest
 
-bench-quick: $(BENCH_STAMP) ## The same with small numbers, to try the harness (about a minute)
+bench-quick: $(BENCH_STAMP) ## The same with small numbers, to try the harness (about 2.5 min)
 	$(BIN)/python -m bench.run --quick $(BENCH_ARGS)
 	$(BIN)/python -m bench.ingest --quick
 

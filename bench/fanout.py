@@ -168,9 +168,13 @@ async def fanout(
     regimes: list[Regime],
     readings: int,
     repeats: int,
+    headers: dict[str, str] | None = None,
 ) -> list[FanoutResult]:
-    """Baselines without subscribers, then each subscriber count with each regime; medians of ``repeats``."""
-    request = stream_request(server.port, "/v1/stream", [FAN_PATTERN])
+    """Baselines without subscribers, then each subscriber count with each regime; medians of ``repeats``.
+
+    ``headers`` go with every subscriber's GET (the credentials when the server requires auth).
+    """
+    request = stream_request(server.port, "/v1/stream", [FAN_PATTERN], headers)
     empty = Group()
     await measure(server, empty, publisher, "burst", WARMUP_READINGS)
     baseline = {

@@ -1,4 +1,4 @@
-"""``python -m bench.run``: fan-out, idle memory, latency, replay, reconnect storm and stuck clients (bench/README.md).
+"""``python -m bench.run``: fan-out, idle memory, latency, replay, reconnect storm, stuck clients and auth cost.
 
 Starts a nats-server and the ingest service (on the load generator's CPU), then for each workload
 the servers it measures, each pinned to the server CPU with ``taskset``; this process is the load

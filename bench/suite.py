@@ -13,16 +13,20 @@ import statistics
 import sys
 import time
 
-from bench.fanout import FanoutResult, Publisher, Regime, fanout
+from bench.auth import AUTH_TARGET, RUNS, Comparison, auth_settings, bearer, new_secret, tokens
+from bench.fanout import FAN_PATTERN, FanoutResult, Publisher, Regime, fanout
 from bench.report import Report, Row, times, us
 from bench.storm import post_history, storm
 from bench.stuck import GONE_WITHIN_S, stuck
-from bench.targets import Lab, Server
+from bench.targets import Lab, Server, get_status
 from bench.workloads import fill_history, idle_memory, latency, replay
 from core.settings import Settings
 
-WORKLOADS = ("fanout", "memory", "latency", "replay", "storm", "stuck")
+WORKLOADS = ("fanout", "memory", "latency", "replay", "storm", "stuck", "auth")
 REGIMES: list[Regime] = ["spaced", "lockstep", "burst"]
+# Each event alone in its loop turn shows a per-event cost undiluted. Not spaced: its figure is mostly how many events
+# happen to share a write, which varied 2x between runs of one service, too loose a measure for a 10 % comparison.
+AUTH_REGIMES: list[Regime] = ["lockstep"]
 SLOW = {"fastapi"}  # lockstep would take minutes more; spaced and burst are its defined workloads
 SPACED_TARGET, BURST_TARGET, STARLETTE_SHARE = 1.5, 0.5, 1 / 3
 LOAD_SATURATED = 0.85
@@ -436,3 +440,66 @@ class Suite:
             f"{result.post_failures} readings not stored"
             + (f"; {len(result.ended)} readers ended early, e.g. {result.ended[0]}" if result.ended else "")
         )
+
+    async def auth(self) -> None:
+        """Section 8 of bench/README.md: fan-out with auth required against auth off, interleaved, fresh services."""
+        count, readings = self.args.subscribers, self.args.readings
+        secret = new_secret()
+        (credential,) = tokens(secret, 1, subscribe=[FAN_PATTERN])  # one for every subscriber: see bench/README.md
+        headers = {"Authorization": bearer(credential)}
+        costs = {regime: Comparison([], []) for regime in AUTH_REGIMES}
+        results: list[tuple[str, FanoutResult]] = []  # with the run's name, for the notes
+        try:
+            for run in range(1, RUNS + 1):
+                for on in (False, True):
+                    log(f"auth: run {run} of {RUNS}, auth {'on' if on else 'off'}, {count} subscribers ...")
+                    for result in await self._auth_run(on, secret, headers, count, readings):
+                        results.append((f"run {run} auth {'on' if on else 'off'}", result))
+                        (costs[result.regime].on if on else costs[result.regime].off).append(result.us_per_event)
+                        log(f"  {result.regime}: {us(result.us_per_event)} (lost {result.lost})")
+        finally:  # what was measured goes into the table, also when interrupted
+            for regime, cost in costs.items():
+                self.report.add(
+                    Row(
+                        f"auth, fan-out {regime}, {count} subs: stream, auth on",
+                        us(cost.on_median),
+                        f"auth off {cost.off_median:.2f}",
+                        f"{cost.ratio:.3f}x",  # three decimals: the row is read against 1.1
+                        f"≤ {AUTH_TARGET:g}x auth off",
+                        cost.ok,
+                    )
+                )
+                self.report.note(
+                    f"auth {regime}: µs/event per run, off {' / '.join(f'{c:.2f}' for c in cost.off)}, "
+                    f"on {' / '.join(f'{c:.2f}' for c in cost.on)} (medians of {RUNS} interleaved runs compared)"
+                )
+            for name, result in results:
+                if result.lost or result.extra or result.post_failures:
+                    self.report.note(
+                        f"auth, {name} {result.regime}: lost {result.lost}, extra {result.extra}, "
+                        f"failed posts {result.post_failures}"
+                    )
+            disturbed = [(name, r) for name, r in results if r.other_cpu_s > max(0.5, INTERFERENCE * r.cpu_s)]
+            if disturbed:
+                self.report.note(
+                    f"auth: CPU {self.args.server_cpu} also ran other work during "
+                    + ", ".join(f"{name} {r.regime} {r.other_cpu_s:.1f} s" for name, r in disturbed)
+                    + "; figures may be disturbed"
+                )
+
+    async def _auth_run(
+        self, on: bool, secret: str, headers: dict[str, str], count: int, readings: int
+    ) -> list[FanoutResult]:
+        """One run of the auth workload on a stream service started for it."""
+        if on:
+            server = await self.lab.start_stream(auth_settings(secret), name="stream-auth-on")
+        else:
+            server = await self.lab.start_stream(name="stream-auth-off")
+        publisher = Publisher(self.lab.ingest_port, nchan=False)
+        try:
+            if on and (status := await get_status(server.port, "/v1/stream?topic=fan.%3E")) != 401:
+                raise RuntimeError(f"auth is not on: a stream without credentials got {status}, not 401")
+            return await fanout(server, publisher, [count], AUTH_REGIMES, readings, 1, headers=headers if on else None)
+        finally:
+            await publisher.close()
+            self.lab.stop(server)

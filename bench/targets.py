@@ -175,13 +175,17 @@ class Lab:
     async def _ready(self, port: int) -> bool:
         return await get_status(port, "/readyz") == 200
 
-    async def start_stream(self) -> Server:
-        """The stream service, pinned to the server CPU, with the limits that would distort the load lifted."""
+    async def start_stream(self, settings: dict[str, str] | None = None, name: str = "stream") -> Server:
+        """The stream service, pinned to the server CPU, with the limits that would distort the load lifted, and
+        ``settings`` (``Settings`` field names: the auth workload's) besides."""
         (port,) = free_ports(1)
-        env = {**self.service_env(), **self.stream_env, "TELEMETRY_STREAM_PORT": str(port)}
-        child = self._child("stream", [sys.executable, "-m", "telemetry", "stream"], pinned=True, env=env)
+        extra, unknown = stream_env(settings or {})
+        if unknown:
+            raise ChildError(f"settings the stream service does not know: {', '.join(unknown)}")
+        env = {**self.service_env(), **self.stream_env, **extra, "TELEMETRY_STREAM_PORT": str(port)}
+        child = self._child(name, [sys.executable, "-m", "telemetry", "stream"], pinned=True, env=env)
         await poll(lambda: self._ready(port), child, "ready (/readyz 200)")
-        return Server("stream", child, port, cpu=self.server_cpu)
+        return Server(name, child, port, cpu=self.server_cpu)
 
     async def start_reference(self, name: str) -> Server:
         """One of the Python references, pinned to the server CPU, fed by its own NATS subscription."""
