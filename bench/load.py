@@ -19,9 +19,16 @@ SENT_KEY = b'"sent":"'
 CONNECT_RETRIES = 5
 
 
-def stream_request(port: int, path: str, patterns: Iterable[str], headers: dict[str, str] | None = None) -> bytes:
-    """The GET that opens an SSE stream on ``patterns``."""
-    query = "&".join("topic=" + quote(pattern, safe="") for pattern in patterns)
+def stream_request(
+    port: int,
+    path: str,
+    patterns: Iterable[str],
+    headers: dict[str, str] | None = None,
+    params: dict[str, str] | None = None,
+) -> bytes:
+    """The GET that opens an SSE stream on ``patterns``, with more query ``params`` (``snapshot``, ``since``)."""
+    pairs = [("topic", pattern) for pattern in patterns] + list((params or {}).items())
+    query = "&".join(f"{name}={quote(value, safe='')}" for name, value in pairs)
     lines = [f"GET {path}?{query} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Accept: text/event-stream"]
     lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
     return ("\r\n".join(lines) + "\r\n\r\n").encode()

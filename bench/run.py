@@ -1,4 +1,4 @@
-"""``python -m bench.run``: fan-out, idle memory, latency, replay, reconnect storm, stuck clients and auth cost.
+"""``python -m bench.run``: fan-out, idle memory, latency, replay, first paint, reconnect storm, stuck clients, auth.
 
 Starts a nats-server and the ingest service (on the load generator's CPU), then for each workload
 the servers it measures, each pinned to the server CPU with ``taskset``; this process is the load
@@ -44,6 +44,8 @@ FULL = {
     "warmup_s": 10.0,
     "duration_s": 60.0,
     "replay_events": 100_000,
+    "paint_topics": 10_000,
+    "paint_history": 60_000,
     "storm_clients": 1000,
     "storm_history": 1000,
     "storm_rate": 100.0,
@@ -67,6 +69,8 @@ QUICK = {
     "warmup_s": 1.0,
     "duration_s": 3.0,
     "replay_events": 5000,
+    "paint_topics": 1000,
+    "paint_history": 6000,
     "storm_clients": 50,
     "storm_history": 200,
     "storm_rate": 100.0,

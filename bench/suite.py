@@ -15,6 +15,7 @@ import time
 
 from bench.auth import AUTH_TARGET, RUNS, Comparison, auth_settings, bearer, new_secret, tokens
 from bench.fanout import FAN_PATTERN, FanoutResult, Publisher, Regime, fanout
+from bench.paint import paint, paint_notes, paint_rows
 from bench.report import Report, Row, times, us
 from bench.storm import post_history, storm
 from bench.stuck import GONE_WITHIN_S, stuck
@@ -22,7 +23,8 @@ from bench.targets import Lab, Server, get_status
 from bench.workloads import fill_history, idle_memory, latency, replay
 from core.settings import Settings
 
-WORKLOADS = ("fanout", "memory", "latency", "replay", "storm", "stuck", "auth")
+# In the order they run: first paint (section 9) right after replay, so that its rows stand beside the replay rate.
+WORKLOADS = ("fanout", "memory", "latency", "replay", "paint", "storm", "stuck", "auth")
 REGIMES: list[Regime] = ["spaced", "lockstep", "burst"]
 # Each event alone in its loop turn shows a per-event cost undiluted. Not spaced: its figure is mostly how many events
 # happen to share a write, which varied 2x between runs of one service, too loose a measure for a 10 % comparison.
@@ -326,6 +328,16 @@ class Suite:
                 rate >= REPLAY_TARGET_PER_S,
             )
         )
+
+    async def paint(self) -> None:
+        """Section 9: time to first paint of a snapshot of many topics and of minutes of history, beside a resume."""
+        args = self.args
+        log(f"paint: snapshot of {args.paint_topics} topics, {args.paint_history} readings of history, x{args.repeats}")
+        result = await paint(self.lab, args.paint_topics, args.paint_history, args.repeats, log)
+        for row in paint_rows(result, await self.ceiling_reference()):
+            self.report.add(row)
+        for note in paint_notes(result, self.args.server_cpu, INTERFERENCE):
+            self.report.note(note)
 
     async def storm(self) -> None:
         """Workload 4b: history posted through ingest, then every client resumes it at once under live posts."""

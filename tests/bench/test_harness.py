@@ -1,9 +1,10 @@
-"""``make bench`` works from a clean checkout: a quick run of the replay, reconnect-storm and stuck-clients workloads.
+"""``make bench`` works from a clean checkout: a quick run of the replay, first-paint, reconnect-storm and stuck-clients
+workloads.
 
 The figures of a quick run on a loaded machine mean nothing and are not judged (speed is measured by
 ``make bench``, not asserted in tests); what is checked is that the harness runs end to end against
-the real services and that the storm's clients and the stuck clients' readers, as the load generator saw them,
-lost and doubled nothing.
+the real services and that the storm's clients, the stuck clients' readers and the first-paint clients (snapshot,
+since, both, resume), as the load generator saw them, lost and doubled nothing.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_a_quick_run_of_replay_storm_and_stuck_completes_and_loses_nothing(tmp_path: Path) -> None:
+def test_a_quick_run_of_replay_paint_storm_and_stuck_completes_and_loses_nothing(tmp_path: Path) -> None:
     report = tmp_path / "bench.json"
-    command = [sys.executable, "-m", "bench.run", "--quick", "--only", "replay,storm,stuck", "--references", ""]
+    command = [sys.executable, "-m", "bench.run", "--quick", "--only", "replay,paint,storm,stuck", "--references", ""]
     result = subprocess.run(
         [*command, "--json", str(report)], cwd=ROOT, capture_output=True, text=True, timeout=600, check=False
     )
@@ -26,6 +27,8 @@ def test_a_quick_run_of_replay_storm_and_stuck_completes_and_loses_nothing(tmp_p
     rows = {row["workload"]: row for row in json.loads(report.read_text())["rows"]}
     (replay,) = [row for name, row in rows.items() if name.startswith("replay")]
     assert replay["figure"].endswith("events/s")
+    paints = [row for name, row in rows.items() if name.startswith("first paint")]
+    assert len(paints) == 4 and all(row["ok"] is True for row in paints), paints
     (storm,) = [row for name, row in rows.items() if name.startswith("storm") and name.endswith("gaps / duplicates")]
     assert storm["figure"] == "0 / 0", storm
     assert storm["ok"] is True, result.stdout
