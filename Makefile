@@ -17,16 +17,30 @@ endif
 endif
 endif
 
-.PHONY: run test faults bench bench-quick loadtest image chart-readme clean FORCE
+.PHONY: run test chromium faults bench bench-quick loadtest image chart-readme clean FORCE
 
 run: $(STAMP) ## Start nats-server, both services and 5 simulated devices; Ctrl-C stops everything
 	$(BIN)/telemetry run --simulate 5
 
-test: $(STAMP) ## Lint, type-check and run the whole test suite against real nats-server processes
+test: $(STAMP) chromium ## Lint, type-check and run the whole test suite against real nats-server processes
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/pytest
+
+# The dashboard's tests (tests/stream/test_page_browser.py) drive Debian's chromium with Playwright, never a browser
+# Playwright would download; the tests look for it where these paths say, and fail with the command below without it.
+CHROMIUM_PATHS := /usr/bin/chromium /usr/bin/chromium-headless-shell
+CHROMIUM_INSTALL := apt-get update && apt-get install -y --no-install-recommends chromium
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
+
+chromium: ## Debian's chromium for the browser tests: installed with apt when missing (as root), else the command to run
+	@for path in $(CHROMIUM_PATHS); do if [ -x "$$path" ]; then exit 0; fi; done; \
+	if [ "$$(id -u)" != 0 ]; then \
+	  echo "error: the browser tests need Debian's chromium; as root, run: $(CHROMIUM_INSTALL)" >&2; exit 1; \
+	fi; \
+	echo "installing Debian's chromium for the browser tests: $(CHROMIUM_INSTALL)"; \
+	export DEBIAN_FRONTEND=noninteractive; $(CHROMIUM_INSTALL)
 
 FAULT_ROUNDS ?= 10
 

@@ -20,6 +20,7 @@ from core.settings import Settings
 from stream.admission import Admission
 from stream.hub import Hub
 from stream.metrics import StreamMetrics
+from stream.page import add_page_routes
 from stream.session import session_router
 from stream.slowconsumer import PendingBudget
 from stream.sse import EventStream, events_router
@@ -75,6 +76,7 @@ def create_app(settings: Settings) -> FrontRoutedApp:
     app.include_router(events_router(guarded))
     app.include_router(session_router(gate, settings))
     app.include_router(health_router(event_stream.not_ready_reason, metrics.registry))
+    add_page_routes(app)  # the dashboard at /: always served, it holds no data
     app.state.hub = hub
     app.state.on_shutdown_signal = drain_soon
     return app

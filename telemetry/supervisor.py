@@ -289,6 +289,7 @@ class Supervisor:
             "telemetry is running; Ctrl-C stops everything",
             f"  ingest   POST {ingest}/v1/readings",
             f"  stream   GET  {stream}/v1/stream?topic=>",
+            f"  dashboard     {stream}/?topic=>",
             f"  metrics       {ingest}/metrics  {stream}/metrics",
             f"  API docs      {ingest}/docs  {stream}/docs",
             f"  nats          nats://127.0.0.1:{options.nats_port}  "

@@ -24,7 +24,7 @@ ROOT = Path(__file__).parent.parent
 README = (ROOT / "README.md").read_text()
 # What git ignores (.gitignore): the virtualenv, caches, local data, build output and reports.
 GENERATED = {".git", ".venv", ".mypy_cache", ".ruff_cache", ".pytest_cache", "__pycache__", ".telemetry", "build"}
-GENERATED |= {".hypothesis", "bench/results", "loadtest/reports"}
+GENERATED |= {".hypothesis", "bench/results", "loadtest/reports", "tests/artifacts"}
 OUTSIDE_REFERENCES = re.compile(rb"shared/|BENCHMARKS\.md|FIELD-NOTES")
 
 

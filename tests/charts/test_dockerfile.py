@@ -273,6 +273,9 @@ def test_build_stage_install_steps_work(tmp_path: Path) -> None:
         assert modules <= names, modules - names
     assets = {f"core/docs_assets/{path.name}" for path in (REPO / "core" / "docs_assets").iterdir()}
     assert assets <= names, assets - names  # the files /docs serves (Swagger UI), not only the modules
+    page = REPO / "stream" / "page_assets"
+    assets = {f"stream/page_assets/{path.relative_to(page).as_posix()}" for path in page.rglob("*") if path.is_file()}
+    assert assets <= names, assets - names  # the dashboard's files (/), uPlot's in their folder too
     required = {
         line.removeprefix("Requires-Dist: ") for line in metadata.splitlines() if line.startswith("Requires-Dist: ")
     }
@@ -300,7 +303,13 @@ def test_build_stage_install_steps_work(tmp_path: Path) -> None:
     assert install_run.returncode == 0, install_run.stderr
     env = {"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin", "COLUMNS": "200"}
     where = subprocess.run(
-        [sys.executable, "-c", "import telemetry.cli, ingest.app, stream.app; print(telemetry.cli.__file__)"],
+        # stream.page reads the dashboard's files as the stream service starts: they are where it looks.
+        [
+            sys.executable,
+            "-c",
+            "import telemetry.cli, ingest.app, stream.app, stream.page; stream.page.Dashboard.load(); "
+            "print(telemetry.cli.__file__)",
+        ],
         capture_output=True,
         text=True,
         env=env,

@@ -136,6 +136,11 @@ async def test_run_streams_simulated_readings_and_stops_everything_on_ctrl_c(tmp
                 if len(devices) == 2:
                     break
         assert devices == {"dev-01", "dev-02"}
+        (dashboard,) = [line.split()[1] for line in run.banner if line.split()[:1] == ["dashboard"]]  # the page
+        assert dashboard == stream_url.replace("/v1/stream?", "/?")
+        async with httpx.AsyncClient() as client:
+            page = await client.get(dashboard)
+        assert (page.status_code, page.headers["content-type"]) == (200, "text/html; charset=utf-8")
 
         os.killpg(run.process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
         assert await run.exit_code() == 0
