@@ -612,15 +612,14 @@ def test_ingress_puts_both_services_behind_one_host(chart: helm.Chart) -> None:
     ingresses = {doc["metadata"]["labels"]["app.kubernetes.io/component"]: doc for doc in find(docs, "Ingress")}
     assert set(ingresses) == {"ingest", "stream"}
     # Only what clients use: no /metrics, /docs or probes from outside.
-    for component, paths in (("ingest", ["/v1/readings"]), ("stream", ["/v1/stream", "/v1/session"])):
+    stream_paths = [("/v1/stream", "Exact"), ("/v1/session", "Exact"), ("/", "Exact"), ("/ui/", "Prefix")]
+    for component, paths in (("ingest", [("/v1/readings", "Exact")]), ("stream", stream_paths)):
         spec = ingresses[component]["spec"]
         assert spec["ingressClassName"] == "nginx"
         assert spec["tls"] == [{"hosts": ["telemetry.example.com"], "secretName": f"{RELEASE}-tls"}]
         (rule,) = spec["rules"]
         assert rule["host"] == "telemetry.example.com"
-        assert [(route["path"], route["pathType"]) for route in rule["http"]["paths"]] == [
-            (path, "Exact") for path in paths
-        ]
+        assert [(route["path"], route["pathType"]) for route in rule["http"]["paths"]] == paths
         for route in rule["http"]["paths"]:
             backend = route["backend"]["service"]
             service = one(docs, "Service", backend["name"])

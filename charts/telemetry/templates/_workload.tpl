@@ -301,7 +301,7 @@ spec:
         paths:
           {{- range .paths }}
           - path: {{ . }}
-            pathType: Exact
+            pathType: {{ and (hasSuffix "/" .) (ne . "/") | ternary "Prefix" "Exact" }}
             backend:
               service:
                 name: {{ include "telemetry.componentName" $ }}
