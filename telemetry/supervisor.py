@@ -303,14 +303,35 @@ class Supervisor:
                 "  WARNING: auth is off: anyone who reaches these ports may post readings and follow every topic "
                 f"({ENV_PREFIX}AUTH=required turns it on)"
             )
-        lines += [
-            "try:",
-            f"  curl -N '{stream}/v1/stream?topic=>'",
-            f"  curl -i -X POST {ingest}/v1/readings -H 'content-type: application/json' -d '{example}'",
-            f"  telemetry tail '>' --url {stream}",
-            "pids: " + " ".join(f"{child.name}={child.process.pid}" for child in self.children),
-        ]
+        lines += self.try_lines(example)
+        lines.append("pids: " + " ".join(f"{child.name}={child.process.pid}" for child in self.children))
         self.say("\n".join(lines))
+
+    def try_lines(self, example: str) -> list[str]:
+        """Commands to paste; with auth required, with a token (minted from the HS256 secret, when there is one)."""
+        ingest, stream = self.ingest_url, self.stream_url
+        if self.settings.auth == "off":
+            return [
+                "try:",
+                f"  curl -N '{stream}/v1/stream?topic=>'",
+                f"  curl -i -X POST {ingest}/v1/readings -H 'content-type: application/json' -d '{example}'",
+                f"  telemetry tail '>' --url {stream}",
+            ]
+        bearer = '-H "Authorization: Bearer $TOKEN"'
+        if self.settings.jwt_secret is not None or self.settings.jwt_secret_file is not None:
+            source = [
+                f"try (auth is required; in a shell with the same {ENV_PREFIX}JWT_SECRET or its _FILE):",
+                "  TOKEN=$(telemetry token --publish '>' --subscribe '>')",
+            ]
+        else:
+            source = ["try (auth is required: TOKEN is a token from your issuer that may publish and follow '>'):"]
+        return [
+            *source,
+            f"  curl -N {bearer} '{stream}/v1/stream?topic=>'",
+            f"  curl -i -X POST {ingest}/v1/readings {bearer} -H 'content-type: application/json' -d '{example}'",
+            f"  {ENV_PREFIX}TOKEN=$TOKEN telemetry tail '>' --url {stream}",
+            "  the dashboard asks for the token once",
+        ]
 
     def stop_all(self) -> None:
         """Stop the children newest first: nothing loses what it depends on while it still works."""

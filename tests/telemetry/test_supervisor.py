@@ -18,12 +18,14 @@ from pathlib import Path
 import httpx
 import pytest
 from httpx_sse import aconnect_sse
+from support.auth import SECRET
 from support.net import free_port
 
 from core.settings import Settings
 from telemetry.supervisor import Child, RunOptions, Supervisor
 
 STARTUP_S = 60.0
+READING = {"site": "lab", "device": "probe-1", "metric": "temperature", "value": 21.5}
 STOP_S = 60.0
 EVENTS_S = 30.0
 
@@ -150,6 +152,30 @@ async def test_run_streams_simulated_readings_and_stops_everything_on_ctrl_c(tmp
     assert log.index(f"Finished server process [{pids['stream']}]") < log.index(
         f"Finished server process [{pids['ingest']}]"
     )
+
+
+async def test_with_auth_required_the_banner_says_how_to_get_a_token_and_its_commands_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TELEMETRY_AUTH", "required")
+    monkeypatch.setenv("TELEMETRY_JWT_SECRET", SECRET)
+    async with telemetry_run(tmp_path) as run:
+        assert "  TOKEN=$(telemetry token --publish '>' --subscribe '>')" in run.banner
+        assert not [line for line in run.banner if "auth is off" in line]
+        minting = await asyncio.create_subprocess_exec(
+            *[sys.executable, "-m", "telemetry", "token", "--publish", ">", "--subscribe", ">"],
+            stdout=asyncio.subprocess.PIPE,
+        )
+        token, _ = await minting.communicate()
+        headers = {"Authorization": f"Bearer {token.decode().strip()}"}
+        (post,) = [line for line in run.banner if "curl -i -X POST" in line]
+        assert '-H "Authorization: Bearer $TOKEN"' in post
+        async with httpx.AsyncClient(timeout=10.0) as client:
+            refused = await client.post(run.url("ingest"), json=READING)
+            stored = await client.post(run.url("ingest"), json=READING, headers=headers)
+            async with client.stream("GET", run.url("stream"), headers=headers) as stream:
+                followed = stream.status_code
+    assert (refused.status_code, stored.status_code, followed) == (401, 202, 200)
 
 
 async def test_the_services_use_the_nats_server_run_started_whatever_nats_urls_says(
