@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -13,7 +14,7 @@ from nats.js.api import StreamState
 
 from core.jetstream import JetStreamLink
 from core.readings import control_frame, event_frame, format_ts
-from core.topics import Subjects, distinct_filters
+from core.topics import Pattern, Subjects, distinct_filters
 from stream.connection import REPLAY_HIGH_WATER_BYTES, Connection
 from stream.upstream import OrderedFeed
 
@@ -110,39 +111,71 @@ def _within_max_replay(
     return start_after, reason
 
 
+# on_message(stream sequence, subject, payload, messages still pending after this one): False to stop reading
+StoredHandler = Callable[[int, str, bytes, int], Awaitable[bool | None]]
+
+
 async def replay(link: JetStreamLink, connection: Connection, start_after: int, upto: int) -> int:
     """Push the stored readings in (start_after, upto] that match the connection; returns how many.
 
-    A short-lived ordered consumer filtered on the connection's patterns (or on everything, matched
-    here, when the patterns overlap in a way JetStream refuses). The client's own pace bounds it.
+    The client's own pace bounds it: the replay waits while the client is far behind.
+    """
+    count = 0
+
+    async def push(seq: int, subject: str, payload: bytes, pending: int) -> None:
+        nonlocal count
+        count += await push_stored(connection, seq, payload)
+
+    await read_stored(link, connection.patterns, start_after, upto, push)
+    return count
+
+
+async def push_stored(connection: Connection, seq: int, payload: bytes) -> int:
+    """Queue one stored reading for the connection (1), or nothing for a payload that is not one of ours (0)."""
+    frame = event_frame(seq, payload)
+    if frame is None:
+        return 0
+    connection.push_reading(seq, frame)
+    if connection.buffered_bytes > REPLAY_HIGH_WATER_BYTES:
+        await connection.wait_drained()
+    return 1
+
+
+async def read_stored(
+    link: JetStreamLink,
+    patterns: list[Pattern],
+    start_after: int,
+    upto: int,
+    on_message: StoredHandler,
+    *,
+    latest_first: bool = False,
+) -> None:
+    """Hand ``on_message`` the stored messages in (start_after, upto] that match the patterns, in stream order,
+    until it returns False.
+
+    A short-lived ordered consumer filtered on the patterns (or on everything, matched here, when the patterns
+    overlap in a way JetStream refuses). ``latest_first``: only the last message of each subject comes first
+    (stream/snapshot.py).
     """
     if upto <= start_after:
-        return 0
+        return
     assert link.nc is not None and link.js is not None and link.security is not None
     subjects = Subjects(link.settings.subject_prefix)
-    patterns = connection.patterns
     distinct = distinct_filters(patterns)
     filters = [subjects.all] if distinct is None else [subjects.for_pattern(p) for p in distinct]
     server_filtered = distinct is not None  # JetStream sends exactly what the patterns match
     finished = asyncio.get_running_loop().create_future()
-    count = 0
 
     def finish() -> None:
         if not finished.done():
             finished.set_result(None)
 
-    async def on_message(seq: int, subject: str, payload: bytes, pending: int) -> None:
-        nonlocal count
+    async def on_delivery(seq: int, subject: str, payload: bytes, pending: int) -> None:
         if seq > upto:
             finish()
             return
-        frame = event_frame(seq, payload)
-        if frame is not None and (server_filtered or matches(subject)):
-            connection.push_reading(seq, frame)
-            count += 1
-            if connection.buffered_bytes > REPLAY_HIGH_WATER_BYTES:
-                await connection.wait_drained()
-        if seq >= upto or pending == 0:
+        wanted = server_filtered or matches(subject)
+        if (wanted and await on_message(seq, subject, payload, pending) is False) or seq >= upto or pending == 0:
             finish()
 
     def matches(subject: str) -> bool:
@@ -155,14 +188,14 @@ async def replay(link: JetStreamLink, connection: Connection, start_after: int, 
         stream=link.settings.stream_name,
         filters=filters,
         start_seq=start_after + 1,
-        handler=on_message,
+        handler=on_delivery,
         connect_timeout_s=link.settings.nats_connect_timeout_s,
         security=link.security,
-        name="replay",
+        name="snapshot" if latest_first else "replay",
+        latest_first=latest_first,
     )
     try:
         if await feed.start() > 0:
             await finished
     finally:
         await feed.close()
-    return count

@@ -33,7 +33,7 @@ from stream.limits import jittered
 from stream.replay import ResumePlan, plan_resume, plan_since, replay
 from stream.request import EVENT_ID_GRAMMAR, SINCE_GRAMMAR, StreamRequest
 from stream.slowconsumer import PendingBudget
-from stream.snapshot import LatestReadings
+from stream.snapshot import send_latest, send_latest_before
 
 log = structlog.get_logger(__name__)
 
@@ -81,8 +81,6 @@ class EventStream:
             await self._serve(request, start, grant, receive, send)
         finally:
             self.admission.release(request.client)
-            if start.latest is not None:
-                await start.latest.close()
 
     def drain(self) -> None:
         """Shutting down: refuse new streams, and end every open one with a short jittered ``retry``."""
@@ -99,12 +97,10 @@ class EventStream:
         connection.end("shutdown", retry_ms=jittered(self.settings.overload_retry_ms))
 
     async def _prepare(self, request: StreamRequest) -> Start:
-        """Where the stream starts: the replay plan (a resume, or since=) and the snapshot's consumer, made before
-        the stream joins the hub (stream/snapshot.py says why)."""
+        """Where the stream starts: the replay plan of a resume or of since=, and whether a snapshot comes first."""
         if self.hub.not_ready_reason() is not None:
             raise Unservable("not_ready")
         link = self.hub.link
-        latest = None
         try:
             if request.resume_after is not None:
                 plan = await plan_resume(link, request.resume_after)
@@ -112,21 +108,19 @@ class EventStream:
                 plan = await plan_since(link, request.since)
             else:
                 plan = None
-            if request.snapshot:
-                latest = await LatestReadings.open(link, request.patterns)
         except (TimeoutError, nats.errors.Error) as err:
             log.warning("stream_start_failed", error=str(err) or repr(err))
             raise Unservable("unavailable") from None
         if plan is not None and plan.reset_reason is not None:
             self.hub.metrics.resets.labels(reason=plan.reset_reason).inc()
-        return Start(plan, latest)
+        return Start(plan, request.snapshot)
 
     async def _serve(self, request: StreamRequest, start: Start, grant: Grant, receive: Receive, send: Send) -> None:
         hub, metrics, plan = self.hub, self.hub.metrics, start.plan
         connection = Connection(
             request.patterns,
-            last_seq=plan.start_after if plan and not start.latest else 0,
-            replaying=plan is not None or start.latest is not None,
+            last_seq=plan.start_after if plan and not start.snapshot else 0,
+            replaying=plan is not None or start.snapshot,
             limits=request.limits,
             mark_dirty=hub.mark_dirty,
             budget=self.budget,
@@ -177,13 +171,14 @@ class EventStream:
 
     async def _catch_up(self, connection: Connection, start: Start, live_from: int) -> None:
         """The snapshot, then the replay, then the live readings held meanwhile."""
-        plan, latest, link = start.plan, start.latest, self.hub.link
+        plan, link, limit = start.plan, self.hub.link, self.settings.max_snapshot_topics
         try:
             async with self.hub.replay_slots:
                 count = 0
-                if latest is not None:
-                    before = None if plan is None else plan.start_after + 1
-                    count += await latest.send(connection, live_from, self.settings.max_snapshot_topics, before)
+                if start.snapshot and plan is None:
+                    count += await send_latest(link, connection, live_from, limit)
+                elif start.snapshot and plan is not None:
+                    count += await send_latest_before(link, connection, plan.start_after + 1, live_from, limit)
                 if plan is not None:
                     count += await replay(link, connection, plan.start_after, live_from)
         except (TimeoutError, nats.errors.Error) as err:
@@ -204,10 +199,10 @@ class Unservable(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Start:
-    """Where a stream starts: a replay plan (resume or since=), and the snapshot's consumer (snapshot=latest)."""
+    """Where a stream starts: a replay plan (resume or since=), and whether a snapshot comes first."""
 
     plan: ResumePlan | None
-    latest: LatestReadings | None
+    snapshot: bool
 
 
 def check_patterns(request: StreamRequest, grant: Grant) -> None:

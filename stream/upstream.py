@@ -82,13 +82,19 @@ class OrderedFeed:
         name: str = "feed",
         on_recreated: Callable[[int], None] | None = None,
         stream_created: datetime | None = None,
+        latest_first: bool = False,
     ) -> None:
         """``connect_timeout_s`` bounds opening the feed's own connection (``settings.nats_connect_timeout_s``),
         made with the TLS and credentials of ``security`` (the link's).
 
         ``on_recreated`` (the live feed's): each new consumer first checks that the stream is the one
         created at ``stream_created``; if it was deleted and created again, the feed starts over at the
-        new stream's first message and calls ``on_recreated`` with that sequence."""
+        new stream's first message and calls ``on_recreated`` with that sequence.
+
+        ``latest_first`` (a snapshot's): the first consumer delivers the last message of each matching subject, in
+        stream order, then every later one (JetStream's ``last_per_subject``); a consumer recreated after a reset
+        delivers every message from ``next_seq`` on, which may be more than the snapshot would have sent, never
+        fewer."""
         self._nc = nc
         self._js = js
         self._stream = stream
@@ -111,6 +117,7 @@ class OrderedFeed:
         self._reset_after_start: str | None = None  # a reset asked for while ``start`` was creating the consumer
         self._on_recreated = on_recreated
         self._stream_created = stream_created
+        self._latest_first = latest_first
 
     async def start(self) -> int:
         """Create the consumer; returns how many matching messages it has to deliver right now.
@@ -142,10 +149,11 @@ class OrderedFeed:
         await self._drop_consumer()
 
     def _config(self, inbox: str) -> ConsumerConfig:
+        latest = self._latest_first
         config = ConsumerConfig(
             deliver_subject=inbox,
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=self.next_seq,
+            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT if latest else DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=None if latest else self.next_seq,
             ack_policy=AckPolicy.NONE,
             replay_policy=ReplayPolicy.INSTANT,
             flow_control=True,
@@ -176,6 +184,7 @@ class OrderedFeed:
         self._sub = sub
         self._reader = asyncio.create_task(self._read(sub), name=f"{self._name}-reader")
         info = await self._js.add_consumer(self._stream, self._config(inbox))
+        self._latest_first = False  # once: a consumer made again goes on from next_seq
         self._consumer = info.name
         self._last_activity = time.monotonic()
         return info.num_pending or 0
