@@ -152,9 +152,12 @@ class WireSubscriber(asyncio.Protocol):
         self.write(b"PUB %s 0\r\n\r\n" % subject)
 
     def close(self) -> None:
-        """Close the connection; a ``next_batch`` in progress raises ``WireError``."""
+        """Close the connection now; a ``next_batch`` in progress raises ``WireError``.
+
+        An abort: nothing still to be written matters to a subscriber that goes, and a TLS connection's graceful
+        close would wait for the server's answer (up to asyncio's 30 s) before it let go of the socket."""
         if self._transport is not None:
-            self._transport.close()
+            self._transport.abort()
 
     async def next_batch(self) -> list[Delivery]:
         """Every delivery parsed since the last call, waiting for at least one."""
