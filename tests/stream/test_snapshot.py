@@ -43,6 +43,24 @@ async def test_a_snapshot_is_the_latest_reading_of_each_topic_in_stream_order_th
     assert seqs([after]) == live
 
 
+async def test_a_client_that_drops_mid_snapshot_resumes_by_its_last_id_and_loses_nothing(
+    settings: Settings, serve: Serve, publish: Any
+) -> None:
+    await publish("s", "a", "t", [1])
+    await publish("s", "b", "t", [10])
+    await publish("s", "a", "t", [2])
+    await publish("s", "c", "t", [20])
+    await publish("s", "b", "t", [11])
+    async with serve(create_app(settings)) as url:
+        async with events(url, "s.>", snapshot="latest") as stream:
+            (first,) = await take(stream, 1)  # then the connection drops, as a browser's can
+        headers = {"Last-Event-ID": first.id}  # what EventSource sends when it reconnects (the URL unchanged)
+        async with events(url, "s.>", snapshot="latest", headers=headers) as stream:
+            rest = await take(stream, 2)
+    assert topics_and_values([first, *rest]) == [("s.a.t", 2), ("s.c.t", 20), ("s.b.t", 11)]
+    assert seqs([first, *rest]) == sorted(set(seqs([first, *rest])))
+
+
 async def test_readings_stored_while_a_snapshot_is_taken_arrive_once_after_it(
     make_settings: Callable[..., Settings], serve: Serve, publish: Any
 ) -> None:
