@@ -220,10 +220,12 @@ async def test_posted_readings_appear_in_the_table_and_the_charts(settings: Sett
         await expect(row).to_contain_text("66 °C")
         await expect(page.page.locator("#latest tbody tr")).to_have_count(1)
 
-        # At phone width nothing is wider than the screen.
+        # At phone width nothing is wider than the screen, and the table's topic, value and age show without scrolling.
         await page.page.set_viewport_size({"width": 390, "height": 844})
         await expect(page.page.locator("figure.chart")).to_have_count(1)
         assert await page.page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        table = page.page.locator("#latest").locator("xpath=..")
+        assert await table.evaluate("wrap => wrap.scrollWidth <= wrap.clientWidth")
         await page.screenshot("dashboard-phone.png")
 
 
