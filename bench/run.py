@@ -1,4 +1,4 @@
-"""``python -m bench.run``: fan-out, idle memory, latency, replay, first paint, reconnect storm, stuck clients, auth.
+"""``python -m bench.run``: fan-out, idle memory, latency, replay, first paint, page, reconnect storm, stuck, auth.
 
 Starts a nats-server and the ingest service (on the load generator's CPU), then for each workload
 the servers it measures, each pinned to the server CPU with ``taskset``; this process is the load
@@ -46,6 +46,7 @@ FULL = {
     "replay_events": 100_000,
     "paint_topics": 10_000,
     "paint_history": 60_000,
+    "page_seconds": 30.0,
     "storm_clients": 1000,
     "storm_history": 1000,
     "storm_rate": 100.0,
@@ -71,6 +72,7 @@ QUICK = {
     "replay_events": 5000,
     "paint_topics": 1000,
     "paint_history": 6000,
+    "page_seconds": 5.0,
     "storm_clients": 50,
     "storm_history": 200,
     "storm_rate": 100.0,

@@ -15,6 +15,7 @@ import time
 
 from bench.auth import AUTH_TARGET, RUNS, Comparison, auth_settings, bearer, new_secret, tokens
 from bench.fanout import FAN_PATTERN, FanoutResult, Publisher, Regime, fanout
+from bench.page import RATE_PER_S, TOPICS, missing, page, page_notes, page_rows
 from bench.paint import paint, paint_notes, paint_rows
 from bench.report import Report, Row, times, us
 from bench.storm import post_history, storm
@@ -23,8 +24,9 @@ from bench.targets import Lab, Server, get_status
 from bench.workloads import fill_history, idle_memory, latency, replay
 from core.settings import Settings
 
-# In the order they run: first paint (section 9) right after replay, so that its rows stand beside the replay rate.
-WORKLOADS = ("fanout", "memory", "latency", "replay", "paint", "storm", "stuck", "auth")
+# In the order they run: first paint (section 9) right after replay, so that its rows stand beside the replay rate,
+# then the page (section 10), the other half of what the dashboard costs.
+WORKLOADS = ("fanout", "memory", "latency", "replay", "paint", "page", "storm", "stuck", "auth")
 REGIMES: list[Regime] = ["spaced", "lockstep", "burst"]
 # Each event alone in its loop turn shows a per-event cost undiluted. Not spaced: its figure is mostly how many events
 # happen to share a write, which varied 2x between runs of one service, too loose a measure for a 10 % comparison.
@@ -337,6 +339,19 @@ class Suite:
         for row in paint_rows(result, await self.ceiling_reference()):
             self.report.add(row)
         for note in paint_notes(result, self.args.server_cpu, INTERFERENCE):
+            self.report.note(note)
+
+    async def page(self) -> None:
+        """Section 10: readings posted through ingest until chromium shows them on the page, beside a raw SSE client."""
+        if (reason := missing()) is not None:
+            self.report.note(f"page: {reason}: no page rows")
+            return
+        log(f"page: {RATE_PER_S:g} readings/s on {TOPICS} topics for {self.args.page_seconds:g} s, shown in chromium")
+        result = await page(self.lab, self.args.page_seconds, log)
+        log(f"  {len(result.shown_ms)} of {len(result.measured)} shown; {'; '.join(result.problems) or 'no problem'}")
+        for row in page_rows(result):
+            self.report.add(row)
+        for note in page_notes(result, self.args.server_cpu):
             self.report.note(note)
 
     async def storm(self) -> None:

@@ -19,6 +19,7 @@
   const MAX_NOTICES = 5; // on the page
   const MAX_KEPT_NOTICES = 100; // in the test hook
   const MAX_RECEIVED = 200000; // the test hook's list of seqs keeps the latest ones (receivedDropped counts the rest)
+  const MAX_KEPT_DRAWS = 1000; // chart redraws kept in the test hook
   const RETRY_MS = [1000, 2000, 5000, 10000]; // our own retries, after a stream refused for a reason that passes
   const DEFAULT_PATTERN = ">";
   const COLOURS = ["#1f5fbf", "#b3261e", "#1d7a35", "#8a4baf", "#a05a00", "#00727a", "#5a5a5a", "#c2185b"];
@@ -48,6 +49,9 @@
     lastEventId: null,
     received: [],
     receivedDropped: 0,
+    shownAt: [], // beside received: when the frame that wrote each one to the table ended (null until then)
+    unshown: 0, // the index in received of the first one no frame has shown yet
+    chartDraws: [],
     notices: [],
     topics: new Map(), // topic -> Topic
     fresh: [], // topics that have data but no row and chart yet
@@ -206,9 +210,12 @@
   function onReading(event) {
     const reading = JSON.parse(event.data);
     page.received.push(reading.seq);
+    page.shownAt.push(null);
     if (page.received.length > MAX_RECEIVED) {
       const dropped = page.received.length - MAX_RECEIVED / 2;
       page.received.splice(0, dropped);
+      page.shownAt.splice(0, dropped);
+      page.unshown = Math.max(0, page.unshown - dropped);
       page.receivedDropped += dropped;
     }
     page.lastEventId = event.lastEventId;
@@ -383,6 +390,8 @@
     view.tooMany.hidden = true;
     page.received = [];
     page.receivedDropped = 0;
+    page.shownAt = [];
+    page.unshown = 0;
     page.lastEventId = null;
     page.headerDirty = true;
     view.rows.replaceChildren();
@@ -426,13 +435,26 @@
     // The charts waiting longest first, a few a frame: readings of many topics arrive together, their redraws
     // are spread over the next frames instead of all falling into one.
     due.sort((a, b) => a.drawnAt - b.drawnAt);
-    for (const topic of due.slice(0, CHARTS_PER_FRAME)) {
+    const drawn = due.slice(0, CHARTS_PER_FRAME);
+    for (const topic of drawn) {
       if (topic.chart) drawChart(topic, serviceNow);
       else topic.chart = makeChart(topic);
       topic.chartDirty = false;
       topic.drawnAt = now;
     }
     if (pending || due.length > CHARTS_PER_FRAME) requestFrame();
+    stampFrame(drawn);
+  }
+
+  function stampFrame(drawn) {
+    // For the test hook: this frame wrote every reading received before it to the table, and drew these charts.
+    // The wall clock, so that a benchmark can compare it with its own (`now` is when the frame began, which may be
+    // before a reading that this frame still shows arrived).
+    const at = performance.timeOrigin + performance.now();
+    for (let i = page.unshown; i < page.shownAt.length; i += 1) page.shownAt[i] = at;
+    page.unshown = page.shownAt.length;
+    for (const topic of drawn) page.chartDraws.push({ topic: topic.name, at });
+    if (page.chartDraws.length > MAX_KEPT_DRAWS) page.chartDraws.splice(0, page.chartDraws.length - MAX_KEPT_DRAWS);
   }
 
   function place(topic) {
@@ -619,6 +641,16 @@
     },
     get receivedDropped() {
       return page.receivedDropped;
+    },
+    get shownAt() {
+      // Beside `received`: when the animation frame that wrote each reading to the table ended, in ms since the
+      // epoch (performance.timeOrigin + performance.now()); null until a frame has.
+      return page.shownAt.slice();
+    },
+    get chartDraws() {
+      // The latest MAX_KEPT_DRAWS charts drawn, {topic, at} on the same clock: a chart drawn shows every reading
+      // of its topic received before it (the latest of each half second).
+      return page.chartDraws.map((d) => ({ ...d }));
     },
     get state() {
       return page.state;
