@@ -207,6 +207,13 @@ async def test_posted_readings_appear_in_the_table_and_the_charts(settings: Sett
         assert (await page.page.evaluate("window.telemetryPage.chart('plant1.pump-2.pressure')"))["ys"] == [2.25]
         assert await page.page.evaluate("window.telemetryPage.chart('plant2.boiler-1.temperature')") is None
 
+        # A unit is the device's own text: shown as text, never as markup (and the CSP would refuse its script).
+        hostile = "<img src=x onerror=alert(1)>"
+        await device.post([reading("plant1.hostile-1.level", 1.0, hostile)])
+        row = page.page.get_by_role("row", name=re.compile(r"plant1\.hostile-1\.level"))
+        await expect(row).to_contain_text(hostile)
+        await expect(page.page.locator("main img")).to_have_count(0)
+
         # The patterns are a form with labelled inputs, used from the keyboard; the URL keeps them.
         pattern = page.page.get_by_label("Pattern 1", exact=True)
         await pattern.focus()
