@@ -83,6 +83,7 @@ class Connection:
         "pending_bytes",
         "progress",
         "replaying",
+        "sent_events",
         "unsent_readings",
     )
 
@@ -129,6 +130,7 @@ class Connection:
         self._writer_bytes = 0
         self._writer_readings = 0
         self._sent_bytes = 0  # handed to the transport (or to the server's send) so far
+        self.sent_events = 0  # readings among them: with ``sent_bytes``, what the stream's closing log line tells
         self._transport: asyncio.Transport | None = None
         self._transport_bytes = 0  # in the transport's write buffer when last looked
         self._transport_chunk = 0  # the largest write since the transport was last seen empty
@@ -229,7 +231,7 @@ class Connection:
                     self.frames = []
                     self.buffered_bytes = 0
                     self.unsent_readings = 0
-                    self._written(len(data), now)
+                    self._written(len(data), readings, now)
                     return readings
             if self.client_gone():  # whatever uvicorn told the handler (see fastwrite.transport_closing)
                 self.abort("transport_closed")
@@ -241,7 +243,7 @@ class Connection:
             message = {"type": "http.response.body", "body": data, "more_body": not self.ending}
             writer = run_eagerly(self._send(message))  # type: ignore[arg-type]
             if writer is None:
-                self._written(len(data), now)
+                self._written(len(data), readings, now)
                 return readings
             self._writer = writer
             self._writer_bytes = len(data)
@@ -254,9 +256,16 @@ class Connection:
             self.abort("write_failed")
             return 0
 
-    def _written(self, size: int, now: float) -> None:
-        """``size`` bytes went to the transport: what it still holds, whether bytes move, what waited for room."""
+    @property
+    def sent_bytes(self) -> int:
+        """Body bytes written so far (with the HTTP chunk framing where the stream writes to the transport itself)."""
+        return self._sent_bytes
+
+    def _written(self, size: int, readings: int, now: float) -> None:
+        """``size`` bytes with ``readings`` readings went to the transport: what it still holds, whether bytes move,
+        what waited for room."""
         self._sent_bytes += size
+        self.sent_events += readings
         self.last_write = now
         transport = self._transport
         if transport is not None and transport.get_write_buffer_size():  # the kernel did not take all of it
@@ -282,7 +291,7 @@ class Connection:
             self.abort("write_failed")  # nothing more if close() cancelled it
             return
         self.on_written(self._writer_readings)
-        self._written(size, time.monotonic())
+        self._written(size, self._writer_readings, time.monotonic())
         if self.frames:
             self.flush(time.monotonic())
 

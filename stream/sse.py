@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from core.auth import Forbidden, Grant
 from core.errors import ApiError, error_responses
 from core.frontroutes import ServedBy
-from core.readings import control_frame, retry_frame
+from core.readings import control_frame, format_ts, retry_frame
 from core.settings import Settings
 from core.topics import PATTERN_GRAMMAR
 from stream.admission import Admission
@@ -68,6 +68,7 @@ class EventStream:
             return
         refusal = self.admission.admit(request.client)
         if refusal is not None:
+            log_refused(request, refusal)
             await refused_stream(refusal, self.settings.overload_retry_ms)(scope, receive, send)
             return
         try:
@@ -75,6 +76,7 @@ class EventStream:
         except Unservable as err:  # a 200 that says come back: any other answer makes an EventSource give up
             self.hub.metrics.refused.labels(reason=err.reason).inc()
             self.admission.release(request.client)
+            log_refused(request, err.reason)
             await refused_stream(err.reason, self.settings.retry_ms)(scope, receive, send)
             return
         try:
@@ -116,6 +118,8 @@ class EventStream:
         return Start(plan, request.snapshot)
 
     async def _serve(self, request: StreamRequest, start: Start, grant: Grant, receive: Receive, send: Send) -> None:
+        """Serve the stream until it ends, the client leaves, or the task is cancelled; logged once as it opens and
+        once as it closes (with the request's id, bound by core/frontroutes.py)."""
         hub, metrics, plan = self.hub, self.hub.metrics, start.plan
         connection = Connection(
             request.patterns,
@@ -144,7 +148,10 @@ class EventStream:
         if self.admission.draining:  # it began during the resume plan, after this stream was admitted
             self._shut(connection)
         metrics.connections.inc()
+        patterns = [str(pattern) for pattern in request.patterns]
+        log.info("stream_opened", patterns=patterns, **how_it_starts(request), client=request.client)
         replaying: asyncio.Task[None] | None = None
+        client_left = False
         try:
             await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
             if connection.replaying:
@@ -154,16 +161,25 @@ class EventStream:
             # when it cannot tell (see fastwrite.transport_closing), the connection's abort wakes us.
             while (await receive())["type"] != "http.disconnect":
                 pass
+            client_left = True  # or the response completed: then the stream has its end_reason
         except asyncio.CancelledError:
             # abort() cancels this task to end the stream now; any other cancellation goes on.
             if not connection.closed or me.uncancel() > 0:
                 raise
-            log.info("stream_aborted", reason=connection.end_reason, client=request.client)
         finally:
             connection.close()
             hub.remove(connection)
             if connection.end_reason is not None:
                 metrics.ended.labels(reason=connection.end_reason).inc()
+            log.info(
+                "stream_closed",
+                duration_s=round(time.monotonic() - now, 3),
+                events=connection.sent_events,
+                bytes=connection.sent_bytes,
+                reason=connection.end_reason or ("client_gone" if client_left else "interrupted"),
+                patterns=patterns,
+                client=request.client,
+            )
             if replaying is not None:
                 replaying.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -213,6 +229,22 @@ def check_patterns(request: StreamRequest, grant: Grant) -> None:
                 f"these credentials may not follow {str(pattern)!r}: no subscribe pattern of theirs covers it",
                 field="topic",
             )
+
+
+def how_it_starts(request: StreamRequest) -> dict[str, object]:
+    """``start`` of the ``stream_opened`` line: ``live``, ``resume`` (after ``resume_after``), ``since`` (a time), or
+    ``snapshot`` (as of ``since`` when given)."""
+    if request.resume_after is not None:
+        return {"start": "resume", "resume_after": request.resume_after}
+    start = "snapshot" if request.snapshot else "live" if request.since is None else "since"
+    return {"start": start} if request.since is None else {"start": start, "since": format_ts(request.since)}
+
+
+def log_refused(request: StreamRequest, reason: str) -> None:
+    """The one line of a stream refused after its checks passed: a cap, a drain, or the service not ready."""
+    log.info(
+        "stream_refused", reason=reason, patterns=[str(pattern) for pattern in request.patterns], client=request.client
+    )
 
 
 def refused_stream(reason: str, retry_ms: int) -> Response:

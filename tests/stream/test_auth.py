@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+import structlog
 from httpx_sse import ServerSentEvent
 from structlog.testing import capture_logs
 from support.auth import (
@@ -43,6 +44,7 @@ from stream.app import create_app
 
 PLANT1 = ("plant1.>",)
 COOKIE = "telemetry_token"
+STREAM_LINES = ("stream_opened", "stream_closed")  # what a served stream is logged with: it must name no credential
 
 
 async def answer(
@@ -116,7 +118,7 @@ async def test_each_credential_is_refused_or_streams_as_it_should(
         ),
         "cookie": ({"cookies": {COOKIE: follower}}, 200),
     }
-    with capture_logs() as logs:
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
         async with serve(create_app(settings)) as url:
             answers = {case: await answer(url, "plant1.>", **request) for case, (request, _) in cases.items()}
     outcomes = {
@@ -129,6 +131,9 @@ async def test_each_credential_is_refused_or_streams_as_it_should(
     sent += [value.split()[-1] for request, _ in cases.values() for value in request.get("headers", {}).values()]
     seen = "\n".join([*(body for _, body in answers.values()), *map(str, logs), caplog.text])
     assert [secret for secret in sent if secret in seen] == []
+    streamed = [case for case, (_, expected) in cases.items() if expected == 200]
+    logged = sorted(line["event"] for line in logs if line["event"] in STREAM_LINES)  # a close may follow the next open
+    assert logged == sorted(STREAM_LINES * len(streamed))
 
 
 async def test_a_query_token_is_read_only_when_allowed_and_never_logged(
@@ -136,12 +141,14 @@ async def test_a_query_token_is_read_only_when_allowed_and_never_logged(
 ) -> None:
     settings = make_settings(auth="required", jwt_secret=SECRET, jwt_audience=AUDIENCE, auth_query_token=True)
     token = hs256(claims(subscribe=PLANT1))
-    with capture_logs() as logs:
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
         async with serve(create_app(settings)) as url:
             status, body = await answer(url, "plant1.*.temperature", access_token=token)
             refused, _ = await answer(url, "plant2.>", access_token=token)
     assert (status, body.split("\n")[0][:6], refused) == (200, "retry:", 403)
-    assert token not in "\n".join([*map(str, logs), caplog.text])
+    assert [line["event"] for line in logs if line["event"] in STREAM_LINES] == [*STREAM_LINES]
+    seen = "\n".join([*map(str, logs), caplog.text])
+    assert token not in seen and "access_token" not in seen  # the query string is never logged
 
 
 async def test_refusals_for_credentials_come_before_the_connection_caps(

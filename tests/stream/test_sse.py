@@ -9,7 +9,9 @@ from typing import Any
 
 import httpx
 import pytest
+import structlog
 from httpx_sse import ServerSentEvent
+from structlog.testing import capture_logs
 from support.metrics import metric
 from support.sse import EVENT_TIMEOUT_S, Serve, events, raw_connection, raw_requests, seqs, take
 
@@ -17,6 +19,23 @@ from core.settings import Settings
 from stream.app import create_app
 
 SENTINEL = -1.0
+STREAM_LINES = ("stream_opened", "stream_closed", "stream_refused")
+LogLine = dict[str, Any]
+
+
+def stream_lines(logs: list[LogLine]) -> list[LogLine]:
+    """The lines a stream's life is logged with (stream/sse.py), in order."""
+    return [line for line in logs if line["event"] in STREAM_LINES]
+
+
+async def logged(logs: list[LogLine], event: str, count: int = 1) -> list[LogLine]:
+    """The ``event`` lines, once there are ``count``: the server logs a stream's close after its client left."""
+    async with asyncio.timeout(EVENT_TIMEOUT_S):
+        while True:
+            found = [line for line in logs if line["event"] == event]
+            if len(found) >= count:
+                return found
+            await asyncio.sleep(0.02)
 
 
 async def test_live_reading_arrives_as_one_event(settings: Settings, serve: Serve, publish: Any) -> None:
@@ -233,13 +252,15 @@ async def test_a_request_pipelined_behind_a_stream_is_never_served(
 
 async def test_not_ready_without_nats(make_settings: Callable[..., Settings], serve: Serve) -> None:
     """/readyz says 503; a stream is a 200 with a retry hint and an end event, as a browser's EventSource gives up
-    for good on any other answer: a page keeps trying until the service is back."""
+    for good on any other answer: a page keeps trying until the service is back. It is logged as refused, once."""
     settings = make_settings(nats_urls=["nats://127.0.0.1:1"])
-    async with serve(create_app(settings), ready=False) as url, httpx.AsyncClient() as client:
-        assert (await client.get(f"{url}/healthz")).status_code == 200
-        ready = await client.get(f"{url}/readyz")
-        stream = await client.get(f"{url}/v1/stream", params={"topic": "a.b.c"})
-        refused = await metric(url, 'telemetry_stream_refused_connections_total{reason="not_ready"}')
+    with capture_logs() as logs:
+        async with serve(create_app(settings), ready=False) as url, httpx.AsyncClient() as client:
+            assert (await client.get(f"{url}/healthz")).status_code == 200
+            ready = await client.get(f"{url}/readyz")
+            stream = await client.get(f"{url}/v1/stream", params={"topic": "a.b.c"})
+            refused = await metric(url, 'telemetry_stream_refused_connections_total{reason="not_ready"}')
+    assert [(line["event"], line["reason"]) for line in stream_lines(logs)] == [("stream_refused", "not_ready")]
     assert ready.status_code == 503
     assert "NATS" in ready.json()["reason"]
     assert stream.status_code == 200
@@ -286,3 +307,77 @@ async def test_the_generic_asgi_write_path_serves_the_same_stream(
         *received, end = await take(stream, 4)
     assert seqs(replayed) + seqs(received) == before + live
     assert json.loads(end.data) == {"reason": "max_events"}
+
+
+async def test_a_stream_is_logged_as_it_opens_and_as_it_closes_under_its_request_id(
+    settings: Settings, serve: Serve, publish: Any
+) -> None:
+    await publish("s", "d", "m", [1, 2, 3, 4, 5])
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        async with serve(create_app(settings)) as url:
+            headers = {"X-Request-ID": "dash-7.req:1"}
+            async with events(url, "s.>", "x.*.m", last_event_id=0, max_events=3, headers=headers) as stream:
+                received = await take(stream, 4)
+            await logged(logs, "stream_closed")
+    assert [event.event for event in received] == ["reading"] * 3 + ["end"]
+    opened, closed = stream_lines(logs)
+    same = {"log_level": "info", "request_id": "dash-7.req:1", "patterns": ["s.>", "x.*.m"], "client": "127.0.0.1"}
+    assert opened == {"event": "stream_opened", **same, "start": "resume", "resume_after": 0}
+    duration_s, written = closed.pop("duration_s"), closed.pop("bytes")
+    assert closed == {"event": "stream_closed", **same, "events": 3, "reason": "max_events"}
+    assert written > sum(len(event.data) for event in received)
+    assert 0 <= duration_s < EVENT_TIMEOUT_S and round(duration_s, 3) == duration_s
+
+
+async def test_a_client_that_leaves_is_logged_as_gone(settings: Settings, serve: Serve, publish: Any) -> None:
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        async with serve(create_app(settings)) as url:
+            async with events(url, "s.>", headers={"X-Request-ID": "leaving"}) as stream:
+                await publish("s", "d", "m", [1, 2])
+                await take(stream, 2)
+            [closed] = await logged(logs, "stream_closed")
+    assert (closed["reason"], closed["events"], closed["request_id"]) == ("client_gone", 2, "leaving")
+    assert [line["event"] for line in stream_lines(logs)] == ["stream_opened", "stream_closed"]
+
+
+async def test_a_refused_stream_is_logged_once_as_refused(make_settings: Callable[..., Settings], serve: Serve) -> None:
+    settings = make_settings(max_connections=1)
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        async with serve(create_app(settings)) as url, events(url, "a.b.c"), httpx.AsyncClient() as client:
+            answer = await client.get(f"{url}/v1/stream", params={"topic": "a.*.c"}, headers={"X-Request-ID": "full"})
+    assert answer.text.endswith('data: {"reason":"too_many_connections"}\n\n')
+    assert [line for line in logs if line.get("request_id") == "full"] == [
+        {
+            "event": "stream_refused",
+            "log_level": "info",
+            "request_id": "full",
+            "reason": "too_many_connections",
+            "patterns": ["a.*.c"],
+            "client": "127.0.0.1",
+        }
+    ]
+    assert [line["event"] for line in stream_lines(logs)] == ["stream_opened", "stream_refused", "stream_closed"]
+
+
+async def test_the_opened_line_says_how_the_stream_starts(settings: Settings, serve: Serve) -> None:
+    starts: list[tuple[dict[str, Any], dict[str, str], dict[str, Any]]] = [
+        ({}, {}, {"start": "live"}),
+        ({"snapshot": "latest"}, {}, {"start": "snapshot"}),
+        ({"since": "2026-01-02T03:04:05+01:00"}, {}, {"start": "since", "since": "2026-01-02T02:04:05.000000Z"}),
+        (
+            {"since": "2026-01-02T03:04:05Z", "snapshot": "latest"},
+            {},
+            {"start": "snapshot", "since": "2026-01-02T03:04:05.000000Z"},
+        ),
+        ({"last_event_id": 0}, {}, {"start": "resume", "resume_after": 0}),
+        ({"since": "-1h"}, {"Last-Event-ID": "7"}, {"start": "resume", "resume_after": 7}),  # the browser's reconnect
+    ]
+    with capture_logs() as logs:
+        async with serve(create_app(settings)) as url:
+            for number, (params, headers, _) in enumerate(starts, start=1):
+                async with events(url, "a.b.c", headers=headers, **params):
+                    await logged(logs, "stream_opened", number)
+    fields = ("start", "resume_after", "since")
+    assert [
+        {name: line[name] for name in fields if name in line} for line in logs if line["event"] == "stream_opened"
+    ] == [start for _, _, start in starts]
