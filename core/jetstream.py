@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import nats
@@ -19,6 +19,9 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from core.natsconn import NatsSecurity, NatsSecurityError
 from core.redact import redact_url, redact_urls
@@ -117,6 +120,7 @@ class JetStreamLink:
         self.js: JetStreamContext | None = None
         self.stream_confirmed = asyncio.Event()
         self.on_reconnected: list[Callable[[], None]] = []
+        self.reconnects = 0  # reconnections after a lost connection, for telemetry_nats_reconnects_total
         self._task: asyncio.Task[None] | None = None
         self._confirm_task: asyncio.Task[None] | None = None
 
@@ -134,6 +138,15 @@ class JetStreamLink:
         if self.nc is not None and not self.nc.is_closed:
             with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
                 await self.nc.drain()
+
+    @property
+    def connected(self) -> bool:
+        """Connected to NATS now (False before the first connection and while reconnecting)."""
+        return self.nc is not None and self.nc.is_connected
+
+    def expose(self, registry: CollectorRegistry) -> None:
+        """Expose the connection's state and its reconnections on a service's registry, read at scrape."""
+        registry.register(LinkMetrics(self))
 
     def not_ready_reason(self) -> str | None:
         """Why this service cannot serve now, or None when it can."""
@@ -204,7 +217,27 @@ class JetStreamLink:
 
     async def _on_reconnected(self) -> None:
         self.last_error = None
+        self.reconnects += 1
         log.info("nats_reconnected")
         for callback in self.on_reconnected:
             callback()
         self.recheck_stream()
+
+
+class LinkMetrics(Collector):
+    """A link's NATS connection state and reconnections, read at scrape (nothing is counted on a hot path)."""
+
+    def __init__(self, link: JetStreamLink) -> None:
+        self._link = link
+
+    def collect(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily(
+            "telemetry_nats_connected",
+            "1 while the service's NATS connection is up, 0 before it first connects and while it reconnects.",
+            value=1.0 if self._link.connected else 0.0,
+        )
+        yield CounterMetricFamily(
+            "telemetry_nats_reconnects",
+            "Times the service's NATS connection was lost and made again.",
+            value=self._link.reconnects,
+        )

@@ -24,7 +24,7 @@ from ingest.body import BodyFormat
 from ingest.metrics import IngestMetrics
 from ingest.parse import read_readings
 from ingest.publisher import Publisher, Stored
-from ingest.ratelimit import DeviceRateLimiter, device_counts
+from ingest.ratelimit import DeviceRateLimiter, RateLimited, device_counts
 
 MAX_NAMED_READINGS = 100
 
@@ -52,17 +52,23 @@ class ReadingsEndpoint:
 
     async def respond(self, request: Request, grant: Grant) -> JSONResponse:
         """Read, check and store the request's readings; every failure is answered, none raised."""
+        metrics = self.metrics
         try:
             readings = await read_readings(request, self.settings)
-            check_topics(readings, grant)
+            metrics.readings_received.inc(len(readings))
+            try:
+                check_topics(readings, grant)
+            except Forbidden:
+                metrics.readings_forbidden.inc(len(readings))
+                raise
             stored = await self.store(readings)
         except ApiError as err:
-            self.metrics.answered(err.status)
+            metrics.refused(err)
             return err.response()
         except Exception:
-            self.metrics.answered(500)
+            metrics.failed()
             raise
-        self.metrics.answered(202)
+        metrics.answered(202)
         results = [{"topic": s.topic, "seq": s.seq, "duplicate": s.duplicate} for s in stored]
         return JSONResponse({"results": results}, status_code=202)
 
@@ -71,7 +77,11 @@ class ReadingsEndpoint:
         if self.limiter is None:
             return await self.publisher.publish(readings)
         counts = device_counts(readings)
-        self.limiter.take(counts)
+        try:
+            self.limiter.take(counts)
+        except RateLimited:
+            self.metrics.readings_rate_limited.inc(len(readings))
+            raise
         try:
             return await self.publisher.publish(readings)
         except ServiceUnavailable:

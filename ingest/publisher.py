@@ -179,6 +179,7 @@ class Publisher:
         return f"JetStream did not acknowledge {missing} reading(s) within {self._settings.publish_timeout_s:g} s"
 
     def _unavailable(self, reason: str, *, readings: Sequence[Reading], sent: int, acked: int) -> ServiceUnavailable:
+        self._metrics.readings_not_stored.inc(len(readings) - acked)  # the acknowledged ones count as stored
         log.warning("readings_not_stored", reason=reason, readings=len(readings), sent=sent, acknowledged=acked)
         if sent == 0:
             outcome = "nothing was stored"

@@ -36,6 +36,7 @@ def create_app(settings: Settings) -> FrontRoutedApp:
     """Build the stream service; NATS is connected in the background at start-up."""
     metrics = StreamMetrics()
     link = JetStreamLink(settings, "stream")
+    link.expose(metrics.registry)
     hub = Hub(link, metrics)
     ticker = Ticker(hub.connections, settings)
     budget = PendingBudget(settings.max_pending_bytes, hub.connections)

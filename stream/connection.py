@@ -47,6 +47,7 @@ class Connection:
 
     __slots__ = (
         "_budget",
+        "_bytes_tally",
         "_conflating",
         "_held",
         "_held_bytes",
@@ -97,6 +98,7 @@ class Connection:
         mark_dirty: Callable[[Connection], None],
         budget: PendingBudget,
         conflated: Tally,
+        bytes_sent: Tally,
     ) -> None:
         self.patterns = patterns
         self.last_seq = last_seq
@@ -114,6 +116,7 @@ class Connection:
         self.on_abort: Callable[[], object] = lambda: None
         self.on_written: Callable[[int], None] = lambda readings: None
         self.pacer = Pacer(limits.rate_per_s, on_due=self._release, conflated=conflated)
+        self._bytes_tally = bytes_sent  # the process's count of body bytes written, for the metrics
         self._waiting = self.pacer.waiting  # the same dict, one attribute nearer: read on every delivery
         self.last_write = time.monotonic()
         self.progress = Progress(self.last_write)
@@ -265,6 +268,7 @@ class Connection:
         """``size`` bytes with ``readings`` readings went to the transport: what it still holds, whether bytes move,
         what waited for room."""
         self._sent_bytes += size
+        self._bytes_tally.count += size
         self.sent_events += readings
         self.last_write = now
         transport = self._transport

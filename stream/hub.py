@@ -53,6 +53,8 @@ class Hub:
         self.ready = asyncio.Event()
         self.replay_slots = asyncio.Semaphore(link.settings.max_concurrent_replays)
         self.events_sent = 0
+        self.upstream_pending = 0  # the live consumer's pending count at its last delivery: a plain store per event
+        metrics.upstream_pending.set_function(lambda: self.upstream_pending)
         self._dirty: list[Connection] = []
         self._since_yield = 0
         self._feed: OrderedFeed | None = None
@@ -169,6 +171,7 @@ class Hub:
 
     async def _on_live(self, seq: int, subject: str, payload: bytes, pending: int) -> None:
         """Route one live reading; never suspends, so one slow client cannot hold the others back."""
+        self.upstream_pending = pending
         if seq <= self.last_seq:
             return
         self.last_seq = seq

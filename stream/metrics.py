@@ -19,18 +19,27 @@ class Tally:
         self.count = 0
 
 
+STARTS = ("live", "resume", "since", "snapshot")  # how a stream starts: stream/sse.py's how_it_starts
+
+
 class HubCounters(Collector):
     """Counters kept as plain integers (they change per connection per event) and read at scrape."""
 
-    def __init__(self, read: Callable[[], tuple[int, int, int]]) -> None:
+    def __init__(self, read: Callable[[], tuple[int, int, int, int]]) -> None:
         self._read = read
 
     def collect(self) -> Iterable[Metric]:
-        events_sent, keepalives, conflated = self._read()
+        events_sent, keepalives, conflated, bytes_sent = self._read()
         yield CounterMetricFamily(
             "telemetry_stream_events_sent", "Reading events written to clients.", value=events_sent
         )
         yield CounterMetricFamily("telemetry_stream_keepalives", "Keep-alive comments written.", value=keepalives)
+        yield CounterMetricFamily(
+            "telemetry_stream_bytes_sent",
+            "Body bytes written to clients (events, keep-alives, control frames; HTTP chunk framing where the stream "
+            "writes to the socket itself).",
+            value=bytes_sent,
+        )
         yield CounterMetricFamily(
             "telemetry_stream_conflated_readings",
             "Readings replaced by a newer one of the same topic before they were sent (rate limit, slow client).",
@@ -49,9 +58,21 @@ class StreamMetrics:
             registry=self.registry,
         )
         self.connections = Counter("telemetry_stream_connections", "SSE connections accepted.", registry=self.registry)
+        starts = Counter(
+            "telemetry_stream_starts",
+            "Streams served, by how they start: live, resume (Last-Event-ID), since (a time), snapshot.",
+            ["start"],
+            registry=self.registry,
+        )
+        self.starts = {start: starts.labels(start=start) for start in STARTS}
         self.upstream_messages = Counter(
             "telemetry_stream_upstream_messages",
             "Readings received from the live JetStream feed.",
+            registry=self.registry,
+        )
+        self.upstream_pending = Gauge(
+            "telemetry_stream_upstream_pending",
+            "Readings JetStream still holds for the live feed's consumer, as of its last delivery (upstream lag).",
             registry=self.registry,
         )
         self.replayed_events = Counter(
@@ -66,6 +87,7 @@ class StreamMetrics:
             registry=self.registry,
         )
         self.conflated = Tally()
+        self.bytes_sent = Tally()  # body bytes written to clients: one integer add per write (Connection._written)
         self.ended = Counter(
             "telemetry_stream_ended_connections",
             "Streams the server ended, by reason.",
@@ -86,4 +108,4 @@ class StreamMetrics:
 
     def watch(self, read: Callable[[], tuple[int, int]]) -> None:
         """Expose the hub's own counters (events sent, keep-alives) and the conflated readings on this registry."""
-        self.registry.register(HubCounters(lambda: (*read(), self.conflated.count)))
+        self.registry.register(HubCounters(lambda: (*read(), self.conflated.count, self.bytes_sent.count)))

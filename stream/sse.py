@@ -129,6 +129,7 @@ class EventStream:
             mark_dirty=hub.mark_dirty,
             budget=self.budget,
             conflated=metrics.conflated,
+            bytes_sent=metrics.bytes_sent,
         )
         connection.on_written = hub.count_written
         now = time.monotonic()
@@ -149,7 +150,9 @@ class EventStream:
             self._shut(connection)
         metrics.connections.inc()
         patterns = [str(pattern) for pattern in request.patterns]
-        log.info("stream_opened", patterns=patterns, **how_it_starts(request), client=request.client)
+        started = how_it_starts(request)
+        metrics.starts[str(started["start"])].inc()
+        log.info("stream_opened", patterns=patterns, **started, client=request.client)
         replaying: asyncio.Task[None] | None = None
         client_left = False
         try:

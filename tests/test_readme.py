@@ -13,6 +13,7 @@ import pytest
 from fastapi import FastAPI
 
 from core.docs import swagger_ui_version
+from core.jetstream import JetStreamLink
 from core.settings import ENV_PREFIX, Settings, env_only
 from ingest.app import create_app as create_ingest
 from ingest.metrics import IngestMetrics
@@ -64,12 +65,16 @@ def test_the_metrics_in_the_readme_are_the_ones_the_services_have() -> None:
     ingest, stream = IngestMetrics(), StreamMetrics()
     ingest.track_devices(lambda: 0)
     stream.watch(lambda: (0, 0))
+    for metrics in (ingest, stream):  # as each service's app does with its own link
+        JetStreamLink(Settings(), "readme").expose(metrics.registry)
     exposed = {
-        family.name + ("_total" if family.type == "counter" else "")
+        family.name + ("_total" if family.type == "counter" else ""): family.type
         for registry in (ingest.registry, stream.registry)
         for family in registry.collect()
     }
-    assert set(re.findall(r"`(telemetry_(?:ingest|stream)_[a-z_]+)", README)) == exposed
+    catalogue = dict(re.findall(r"^\| `(telemetry_[a-z_]+)` \| (counter|gauge|histogram) \|", README, re.M))
+    assert catalogue == exposed
+    assert set(re.findall(r"`(telemetry_(?:ingest|stream|nats)_[a-z_]+)", README)) == set(exposed)
 
 
 def test_every_flag_of_a_command_is_in_its_row_of_the_table_of_commands() -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 from nats.js import JetStreamContext
+from support.metrics import metric, metric_becomes
 
 from core.settings import Settings
 from ingest.app import create_app
@@ -369,3 +370,44 @@ async def test_unknown_paths_and_methods_answer_in_the_json_error_shape(
     assert missing.json()["error"]["code"] == "not_found"
     assert wrong_method.status_code == 405
     assert wrong_method.json()["error"]["code"] == "method_not_allowed"
+
+
+async def test_metrics_count_readings_received_rejected_by_reason_and_request_durations(
+    make_settings: Callable[..., Settings], serve: Serve, client: httpx.AsyncClient
+) -> None:
+    settings = make_settings(max_batch=2, ingest_rate_per_device_per_s=0.001, ingest_burst_per_device=2)
+    async with serve(create_app(settings)) as url:
+        stored = await client.post(f"{url}/v1/readings", json=[reading(), reading()])
+        limited = await client.post(f"{url}/v1/readings", json=[reading(), reading()])
+        invalid = await client.post(f"{url}/v1/readings", json=[reading(), reading(value="hot")])
+        too_many = await client.post(f"{url}/v1/readings", json=[reading(device="x")] * 3)
+        malformed = await client.post(f"{url}/v1/readings", content=b"{", headers=JSON)
+        assert [r.status_code for r in (stored, limited, invalid, too_many, malformed)] == [202, 429, 422, 422, 400]
+        # Observed once the answer has ended, so possibly after the client read it.
+        await metric_becomes(url, "telemetry_ingest_request_duration_seconds_count", 5)
+        text = (await client.get(f"{url}/metrics")).text
+
+    assert "telemetry_ingest_readings_received_total 4.0" in text  # the two requests that were parsed
+    assert 'telemetry_ingest_readings_rejected_total{reason="rate_limited"} 2.0' in text
+    assert 'telemetry_ingest_readings_rejected_total{reason="forbidden"} 0.0' in text
+    assert 'telemetry_ingest_readings_rejected_total{reason="not_stored"} 0.0' in text
+    assert 'telemetry_ingest_requests_rejected_total{reason="rate_limited"} 1.0' in text
+    assert 'telemetry_ingest_requests_rejected_total{reason="invalid"} 1.0' in text
+    assert 'telemetry_ingest_requests_rejected_total{reason="too_large"} 1.0' in text
+    assert 'telemetry_ingest_requests_rejected_total{reason="malformed"} 1.0' in text
+    assert 'telemetry_ingest_requests_rejected_total{reason="other"} 0.0' in text
+    assert 'telemetry_ingest_request_duration_seconds_bucket{le="30.0"} 5.0' in text
+
+
+async def test_readings_jetstream_could_not_take_are_counted_not_stored(
+    make_settings: Callable[..., Settings], serve: Serve, client: httpx.AsyncClient, unused_port: int
+) -> None:
+    settings = make_settings(nats_urls=[f"nats://127.0.0.1:{unused_port}"])
+    async with serve(create_app(settings), ready=False) as url:
+        response = await client.post(f"{url}/v1/readings", json=[reading(), reading()])
+        assert response.status_code == 503
+        received = await metric(url, "telemetry_ingest_readings_received_total")
+        not_stored = await metric(url, 'telemetry_ingest_readings_rejected_total{reason="not_stored"}')
+        refused = await metric(url, 'telemetry_ingest_requests_rejected_total{reason="not_stored"}')
+        connected = await metric(url, "telemetry_nats_connected")
+    assert (received, not_stored, refused, connected) == (2, 2, 1, 0)

@@ -381,3 +381,22 @@ async def test_the_opened_line_says_how_the_stream_starts(settings: Settings, se
     assert [
         {name: line[name] for name in fields if name in line} for line in logs if line["event"] == "stream_opened"
     ] == [start for _, _, start in starts]
+
+
+async def test_metrics_count_starts_by_kind_and_bytes_sent(settings: Settings, serve: Serve, publish: Any) -> None:
+    stored = await publish("k", "d", "x", [1, 2])
+    async with serve(create_app(settings)) as url:
+        before = await metric(url, "telemetry_stream_bytes_sent_total")  # process-wide: other tests' streams too
+        async with events(url, "k.>") as live:
+            more = await publish("k", "d", "x", [3])
+            assert seqs(await take(live, 1)) == more
+        async with events(url, "k.>", headers={"Last-Event-ID": str(stored[0])}) as resumed:
+            assert seqs(await take(resumed, 2)) == [stored[1], *more]
+        async with events(url, "k.>", since="-1h") as since:
+            assert seqs(await take(since, 3)) == [*stored, *more]
+        for _ in range(2):
+            async with events(url, "k.>", snapshot="latest") as snapshot:
+                assert seqs(await take(snapshot, 1)) == more
+        for start, count in (("live", 1), ("resume", 1), ("since", 1), ("snapshot", 2)):
+            assert await metric(url, f'telemetry_stream_starts_total{{start="{start}"}}') == count
+        assert await metric(url, "telemetry_stream_bytes_sent_total") > before
