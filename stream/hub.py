@@ -55,6 +55,7 @@ class Hub:
         self.events_sent = 0
         self.upstream_pending = 0  # the live consumer's pending count at its last delivery: a plain store per event
         metrics.upstream_pending.set_function(lambda: self.upstream_pending)
+        metrics.live_feed_connected.set_function(lambda: int(self._feed is not None and self._feed.connected))
         self._dirty: list[Connection] = []
         self._since_yield = 0
         self._feed: OrderedFeed | None = None
@@ -134,6 +135,7 @@ class Hub:
                     name="live",
                     on_recreated=self._on_stream_recreated,
                     stream_created=info.created,
+                    on_reset=self.metrics.live_feed_resets.inc,
                 )
                 await self._feed.start()
             except (TimeoutError, nats.errors.Error) as err:

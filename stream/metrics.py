@@ -70,6 +70,17 @@ class StreamMetrics:
             "Readings received from the live JetStream feed.",
             registry=self.registry,
         )
+        self.live_feed_connected = Gauge(
+            "telemetry_stream_live_feed_connected",
+            "1 while the live feed's own NATS connection and consumer deliver, 0 before it starts and while it is made "
+            "again.",
+            registry=self.registry,
+        )
+        self.live_feed_resets = Counter(
+            "telemetry_stream_live_feed_resets",
+            "Times the live feed's consumer was made again (a gap, missed heartbeats, a lost connection, a reconnect).",
+            registry=self.registry,
+        )
         self.upstream_pending = Gauge(
             "telemetry_stream_upstream_pending",
             "Readings JetStream still holds for the live feed's consumer, as of its last delivery (upstream lag).",

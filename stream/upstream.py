@@ -83,6 +83,7 @@ class OrderedFeed:
         on_recreated: Callable[[int], None] | None = None,
         stream_created: datetime | None = None,
         latest_first: bool = False,
+        on_reset: Callable[[], None] | None = None,
     ) -> None:
         """``connect_timeout_s`` bounds opening the feed's own connection (``settings.nats_connect_timeout_s``),
         made with the TLS and credentials of ``security`` (the link's).
@@ -94,7 +95,9 @@ class OrderedFeed:
         ``latest_first`` (a snapshot's): the first consumer delivers the last message of each matching subject, in
         stream order, then every later one (JetStream's ``last_per_subject``); a consumer recreated after a reset
         delivers every message from ``next_seq`` on, which may be more than the snapshot would have sent, never
-        fewer."""
+        fewer.
+
+        ``on_reset`` is told each time the consumer is to be made again (the live feed's metrics count them)."""
         self._nc = nc
         self._js = js
         self._stream = stream
@@ -118,6 +121,7 @@ class OrderedFeed:
         self._on_recreated = on_recreated
         self._stream_created = stream_created
         self._latest_first = latest_first
+        self._on_reset = on_reset
 
     async def start(self) -> int:
         """Create the consumer; returns how many matching messages it has to deliver right now.
@@ -221,6 +225,12 @@ class OrderedFeed:
             with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
                 await self._js.delete_consumer(self._stream, consumer)
 
+    @property
+    def connected(self) -> bool:
+        """Whether deliveries can arrive: a consumer and its subscription are there (not between a reset and the
+        new consumer)."""
+        return self._sub is not None and self._consumer is not None
+
     def restart(self, reason: str) -> None:
         """Recreate the consumer from ``next_seq`` now (after a reconnect the server may have lost it)."""
         self._reset(reason)
@@ -233,6 +243,8 @@ class OrderedFeed:
             self._reset_after_start = reason
             return
         log.info("feed_reset", feed=self._name, reason=reason, next_seq=self.next_seq)
+        if self._on_reset is not None:
+            self._on_reset()
         reader, consumer = self._detach()  # nothing more from the old subscription, from now on
         self._resetting = asyncio.create_task(self._recreate(reader, consumer), name=f"{self._name}-reset")
 

@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import nats
 from nats.js import JetStreamContext
+from support.metrics import metric, metric_becomes
 from support.net import wait_for_readyz
 from support.sse import Serve, events, seqs, take
 
@@ -35,17 +36,23 @@ async def store(settings: Settings, values: list[float]) -> list[int]:
 
 
 async def test_nats_restart_mid_stream_loses_nothing(own_nats: LocalNatsServer, serve: Serve) -> None:
+    """And the live feed's metrics show the outage: not connected meanwhile, its consumer made again after."""
     settings = Settings(nats_urls=[own_nats.url], stream_name="OUTAGE", subject_prefix="outage", log_format="json")
     async with serve(create_app(settings)) as url, events(url, "s.>") as stream:
         before = await store(settings, [1, 2])
         assert seqs(await take(stream, 2)) == before
+        assert await metric(url, "telemetry_stream_live_feed_connected") == 1
+        assert await metric(url, "telemetry_stream_live_feed_resets_total") == 0
         own_nats.stop()
         await wait_for_readyz(url, 503)
+        await metric_becomes(url, "telemetry_stream_live_feed_connected", 0)
         own_nats.start()
         meanwhile = await store(settings, [3, 4])  # stored before the service is back on NATS
         await wait_for_readyz(url, 200)
         after = await store(settings, [5])
         assert seqs(await take(stream, 3)) == meanwhile + after
+        await metric_becomes(url, "telemetry_stream_live_feed_connected", 1)
+        assert await metric(url, "telemetry_stream_live_feed_resets_total") >= 1
 
 
 async def test_a_stream_deleted_and_created_again_is_followed_from_its_start(
