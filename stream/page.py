@@ -20,6 +20,8 @@ from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import Response
 
+from core.docs import ASSET_HEADERS  # files named by version or digest: cached for a year, as the docs' are
+
 PAGE_PATH = "/"
 ASSETS_PATH = "/ui"
 ASSETS_DIR = Path(__file__).with_name("page_assets")
@@ -33,7 +35,6 @@ SERVED_ASSETS = {
     "uPlot.min.css": ("uplot/dist/uPlot.min.css", "text/css; charset=utf-8"),
 }
 DIGEST_CHARS = 16
-ASSET_HEADERS = {"Cache-Control": "public, max-age=31536000, immutable", "X-Content-Type-Options": "nosniff"}
 CONTENT_SECURITY_POLICY = "; ".join(
     (
         "default-src 'none'",
