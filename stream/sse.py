@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import random
 import time
-from dataclasses import dataclass
 from typing import Annotated, Literal
 
 import nats.errors
@@ -72,7 +71,7 @@ class EventStream:
             await refused_stream(refusal, self.settings.overload_retry_ms)(scope, receive, send)
             return
         try:
-            start = await self._prepare(request)
+            plan = await self._plan(request)
         except Unservable as err:  # a 200 that says come back: any other answer makes an EventSource give up
             self.hub.metrics.refused.labels(reason=err.reason).inc()
             self.admission.release(request.client)
@@ -80,7 +79,7 @@ class EventStream:
             await refused_stream(err.reason, self.settings.retry_ms)(scope, receive, send)
             return
         try:
-            await self._serve(request, start, grant, receive, send)
+            await self._serve(request, plan, grant, receive, send)
         finally:
             self.admission.release(request.client)
 
@@ -98,8 +97,8 @@ class EventStream:
     def _shut(self, connection: Connection) -> None:
         connection.end("shutdown", retry_ms=jittered(self.settings.overload_retry_ms))
 
-    async def _prepare(self, request: StreamRequest) -> Start:
-        """Where the stream starts: the replay plan of a resume or of since=, and whether a snapshot comes first."""
+    async def _plan(self, request: StreamRequest) -> ResumePlan | None:
+        """The replay plan of a resume or of since= (None: the stream starts live, or with its snapshot)."""
         if self.hub.not_ready_reason() is not None:
             raise Unservable("not_ready")
         link = self.hub.link
@@ -115,16 +114,18 @@ class EventStream:
             raise Unservable("unavailable") from None
         if plan is not None and plan.reset_reason is not None:
             self.hub.metrics.resets.labels(reason=plan.reset_reason).inc()
-        return Start(plan, request.snapshot)
+        return plan
 
-    async def _serve(self, request: StreamRequest, start: Start, grant: Grant, receive: Receive, send: Send) -> None:
+    async def _serve(
+        self, request: StreamRequest, plan: ResumePlan | None, grant: Grant, receive: Receive, send: Send
+    ) -> None:
         """Serve the stream until it ends, the client leaves, or the task is cancelled; logged once as it opens and
         once as it closes (with the request's id, bound by core/frontroutes.py)."""
-        hub, metrics, plan = self.hub, self.hub.metrics, start.plan
+        hub, metrics = self.hub, self.hub.metrics
         connection = Connection(
             request.patterns,
-            last_seq=plan.start_after if plan and not start.snapshot else 0,
-            replaying=plan is not None or start.snapshot,
+            last_seq=plan.start_after if plan and not request.snapshot else 0,
+            replaying=plan is not None or request.snapshot,
             limits=request.limits,
             mark_dirty=hub.mark_dirty,
             budget=self.budget,
@@ -158,7 +159,7 @@ class EventStream:
         try:
             await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
             if connection.replaying:
-                replaying = asyncio.create_task(self._catch_up(connection, start, live_from))
+                replaying = asyncio.create_task(self._catch_up(connection, request.snapshot, plan, live_from))
             connection.open(send)
             # uvicorn answers http.disconnect when the client goes, or once we completed the response;
             # when it cannot tell (see fastwrite.transport_closing), the connection's abort wakes us.
@@ -188,15 +189,15 @@ class EventStream:
                 with contextlib.suppress(asyncio.CancelledError):
                     await replaying
 
-    async def _catch_up(self, connection: Connection, start: Start, live_from: int) -> None:
+    async def _catch_up(self, connection: Connection, snapshot: bool, plan: ResumePlan | None, live_from: int) -> None:
         """The snapshot, then the replay, then the live readings held meanwhile."""
-        plan, link, limit = start.plan, self.hub.link, self.settings.max_snapshot_topics
+        link, limit = self.hub.link, self.settings.max_snapshot_topics
         try:
             async with self.hub.replay_slots:
                 count = 0
-                if start.snapshot and plan is None:
+                if snapshot and plan is None:
                     count += await send_latest(link, connection, live_from, limit)
-                elif start.snapshot and plan is not None:
+                elif snapshot and plan is not None:
                     count += await send_latest_before(link, connection, plan.start_after + 1, live_from, limit)
                 if plan is not None:
                     count += await replay(link, connection, plan.start_after, live_from)
@@ -214,14 +215,6 @@ class Unservable(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-@dataclass(frozen=True, slots=True)
-class Start:
-    """Where a stream starts: a replay plan (resume or since=), and whether a snapshot comes first."""
-
-    plan: ResumePlan | None
-    snapshot: bool
 
 
 def check_patterns(request: StreamRequest, grant: Grant) -> None:
