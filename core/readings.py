@@ -173,6 +173,9 @@ def stored_payloads(readings: Sequence[Reading], received_at: datetime) -> list[
     return [(reading.topic, _stored(reading, received)) for reading in readings]
 
 
+READING_PREFIX = b"id: "  # what every reading's frame starts with (``event_frame``); control frames do not
+
+
 def event_frame(seq: int, payload: bytes) -> bytes | None:
     """The complete SSE frame of a stored reading, encoded once and written to every subscriber.
 

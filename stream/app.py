@@ -43,6 +43,7 @@ def create_app(settings: Settings) -> FrontRoutedApp:
     event_stream = EventStream(hub, Admission(settings, metrics), budget, settings)
     metrics.watch(lambda: (hub.events_sent, ticker.keepalives_sent))
     metrics.pending_bytes.set_function(lambda: budget.total)
+    metrics.pending_bytes_limit.set(settings.max_pending_bytes)
     loop: asyncio.AbstractEventLoop | None = None
 
     def drain_soon() -> None:

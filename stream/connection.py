@@ -9,13 +9,14 @@ from collections.abc import Callable
 import structlog
 from starlette.types import Send
 
-from core.readings import control_frame, retry_frame
+from core.readings import READING_PREFIX, control_frame, retry_frame
 from core.topics import Pattern
 from stream.eager import run_eagerly
 from stream.fastwrite import ChunkWriter, cap_send_buffer, chunk, chunk_writer, stream_transport, transport_closing
+from stream.latency import EndToEndLatency, first_live
 from stream.limits import Limits
 from stream.metrics import Tally
-from stream.pacing import READING_PREFIX, Pacer
+from stream.pacing import Pacer
 from stream.slowconsumer import PendingBudget, Progress
 
 log = structlog.get_logger(__name__)
@@ -51,6 +52,7 @@ class Connection:
         "_conflating",
         "_held",
         "_held_bytes",
+        "_latency",
         "_mark_dirty",
         "_send",
         "_sent_bytes",
@@ -63,6 +65,8 @@ class Connection:
         "_write_chunk",
         "_writer",
         "_writer_bytes",
+        "_writer_frames",
+        "_writer_live",
         "_writer_readings",
         "buffered_bytes",
         "closed",
@@ -85,6 +89,7 @@ class Connection:
         "progress",
         "replaying",
         "sent_events",
+        "unsent_history",
         "unsent_readings",
     )
 
@@ -99,6 +104,7 @@ class Connection:
         budget: PendingBudget,
         conflated: Tally,
         bytes_sent: Tally,
+        latency: EndToEndLatency,
     ) -> None:
         self.patterns = patterns
         self.last_seq = last_seq
@@ -107,6 +113,7 @@ class Connection:
         self.frames: list[bytes] = []
         self.buffered_bytes = 0
         self.unsent_readings = 0
+        self.unsent_history = 0  # replayed readings among them, queued before any live one (``finish_replay``)
         self.events_left = limits.max_events or -1
         self.dirty = False
         self.drained = asyncio.Event()
@@ -117,6 +124,7 @@ class Connection:
         self.on_written: Callable[[int], None] = lambda readings: None
         self.pacer = Pacer(limits.rate_per_s, on_due=self._release, conflated=conflated)
         self._bytes_tally = bytes_sent  # the process's count of body bytes written, for the metrics
+        self._latency = latency  # live readings' end-to-end latency, observed per write
         self._waiting = self.pacer.waiting  # the same dict, one attribute nearer: read on every delivery
         self.last_write = time.monotonic()
         self.progress = Progress(self.last_write)
@@ -132,6 +140,8 @@ class Connection:
         self._writer: asyncio.Task[None] | None = None
         self._writer_bytes = 0
         self._writer_readings = 0
+        self._writer_live = 0
+        self._writer_frames: list[bytes] = []  # the oldest live reading of the write under way, if it has one
         self._sent_bytes = 0  # handed to the transport (or to the server's send) so far
         self.sent_events = 0  # readings among them: with ``sent_bytes``, what the stream's closing log line tells
         self._transport: asyncio.Transport | None = None
@@ -174,6 +184,7 @@ class Connection:
         """A replayed reading: not rate limited (the replay waits for the client instead), never doubled."""
         if seq > self.last_seq and not self.ending:
             self.last_seq = seq
+            self.unsent_history += 1
             self._queue_reading(frame)
 
     def push(self, frame: bytes, framed: bytes | None = None) -> None:
@@ -225,7 +236,7 @@ class Connection:
         if self._writer is not None or not frames:
             self._account()  # what piled up behind the write that waits for the socket, or was conflated
             return 0
-        readings = self.unsent_readings
+        readings, history = self.unsent_readings, self.unsent_history
         try:  # costs nothing until it catches (Python 3.11+), so it guards each write, not each event
             if self._write_chunk is not None and not self.ending:
                 single = self._single_chunk
@@ -234,23 +245,24 @@ class Connection:
                     self.frames = []
                     self.buffered_bytes = 0
                     self.unsent_readings = 0
-                    self._written(len(data), readings, now)
+                    self.unsent_history = 0
+                    self._written(len(data), readings, now, readings - history, frames, history)
                     return readings
             if self.client_gone():  # whatever uvicorn told the handler (see fastwrite.transport_closing)
                 self.abort("transport_closed")
                 return 0
             data = frames[0] if len(frames) == 1 else b"".join(frames)
-            self.frames = []
-            self.buffered_bytes = 0
-            self.unsent_readings = 0
+            self._clear_queue()
             message = {"type": "http.response.body", "body": data, "more_body": not self.ending}
             writer = run_eagerly(self._send(message))  # type: ignore[arg-type]
             if writer is None:
-                self._written(len(data), readings, now)
+                self._written(len(data), readings, now, readings - history, frames, history)
                 return readings
             self._writer = writer
             self._writer_bytes = len(data)
             self._writer_readings = readings
+            self._writer_live = readings - history
+            self._writer_frames = first_live(frames, history)  # not all of them: they are in the write's bytes
             writer.add_done_callback(self._on_writer_done)
             self._account()
             return 0
@@ -264,9 +276,23 @@ class Connection:
         """Body bytes written so far (with the HTTP chunk framing where the stream writes to the transport itself)."""
         return self._sent_bytes
 
-    def _written(self, size: int, readings: int, now: float) -> None:
-        """``size`` bytes with ``readings`` readings went to the transport: what it still holds, whether bytes move,
-        what waited for room."""
+    def _clear_queue(self) -> None:
+        """Nothing waits to be written any more (it was handed over, or dropped)."""
+        self.frames = []
+        self.buffered_bytes = 0
+        self.unsent_readings = 0
+        self.unsent_history = 0
+
+    def _written(self, size: int, readings: int, now: float, live: int, frames: list[bytes], history: int) -> None:
+        """``size`` bytes of ``frames`` went to the transport, with ``readings`` readings: the first ``history`` of
+        them replayed, ``live`` live ones after. Observes the live ones' latency, and looks at what the transport
+        still holds, whether bytes move, what waited for room."""
+        if live:
+            latency = self._latency
+            if frames[0] is latency.first and now == latency.now:  # ``observe``'s common case, without its call
+                latency.readings += live
+            else:
+                latency.observe(frames, history, live, now)
         self._sent_bytes += size
         self._bytes_tally.count += size
         self.sent_events += readings
@@ -294,8 +320,9 @@ class Connection:
         if task.cancelled() or task.exception() is not None:
             self.abort("write_failed")  # nothing more if close() cancelled it
             return
+        frames, self._writer_frames = self._writer_frames, []
         self.on_written(self._writer_readings)
-        self._written(size, self._writer_readings, time.monotonic())
+        self._written(size, self._writer_readings, time.monotonic(), self._writer_live, frames, 0)
         if self.frames:
             self.flush(time.monotonic())
 
@@ -372,9 +399,8 @@ class Connection:
         self.ending = True
         self.drained.set()
         self.pacer.clear()
-        self.frames = []
-        self.buffered_bytes = 0
-        self.unsent_readings = 0
+        self._clear_queue()
+        self._writer_frames = []
         self._held = []
         self._held_bytes = 0
         self._transport_bytes = 0
@@ -400,6 +426,7 @@ class Connection:
         if self.events_left > 0:
             self.events_left += self.unsent_readings  # never sent
         self.unsent_readings = 0
+        self.unsent_history = 0
         self._single_chunk = None
         self._conflating = True
         self._account()

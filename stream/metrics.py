@@ -8,6 +8,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from stream.latency import EndToEndLatency
+
 
 class Tally:
     """A count kept as a plain integer, for one that changes per connection per event: a Counter's lock costs more
@@ -20,6 +22,28 @@ class Tally:
 
 
 STARTS = ("live", "resume", "since", "snapshot")  # how a stream starts: stream/sse.py's how_it_starts
+# The reasons a stream is ended, refused or reset: each series exists from the start, at 0, for rates and alerts.
+ENDED_REASONS = (
+    "max_events",
+    "max_lifetime",
+    "slow_consumer",
+    "memory_budget",
+    "shutdown",
+    "replay_failed",
+    "stream_recreated",
+    "token_expired",
+    "transport_closed",
+    "write_failed",
+)
+REFUSED_REASONS = (
+    "too_many_connections",
+    "too_many_connections_from_client",
+    "connect_rate",
+    "shutdown",
+    "not_ready",
+    "unavailable",
+)
+RESET_REASONS = ("unknown_id", "history_expired", "replay_limit", "stream_recreated")
 
 
 class HubCounters(Collector):
@@ -45,6 +69,13 @@ class HubCounters(Collector):
             "Readings replaced by a newer one of the same topic before they were sent (rate limit, slow client).",
             value=conflated,
         )
+
+
+def labelled(counter: Counter, reasons: tuple[str, ...]) -> Counter:
+    """``counter`` with a series for each of ``reasons`` (its only label) from the start."""
+    for reason in reasons:
+        counter.labels(reason=reason)
+    return counter
 
 
 class StreamMetrics:
@@ -91,29 +122,45 @@ class StreamMetrics:
             "Reading events sent from history to resuming clients.",
             registry=self.registry,
         )
-        self.resets = Counter(
-            "telemetry_stream_resets",
-            "Reset events sent (requested id no longer or never stored, or the stream created anew).",
-            ["reason"],
-            registry=self.registry,
+        self.resets = labelled(
+            Counter(
+                "telemetry_stream_resets",
+                "Reset events sent (requested id no longer or never stored, or the stream created anew).",
+                ["reason"],
+                registry=self.registry,
+            ),
+            RESET_REASONS,
         )
         self.conflated = Tally()
         self.bytes_sent = Tally()  # body bytes written to clients: one integer add per write (Connection._written)
-        self.ended = Counter(
-            "telemetry_stream_ended_connections",
-            "Streams the server ended, by reason.",
-            ["reason"],
-            registry=self.registry,
+        self.end_to_end = EndToEndLatency()
+        self.registry.register(self.end_to_end)
+        self.ended = labelled(
+            Counter(
+                "telemetry_stream_ended_connections",
+                "Streams the server ended, by reason.",
+                ["reason"],
+                registry=self.registry,
+            ),
+            ENDED_REASONS,
         )
-        self.refused = Counter(
-            "telemetry_stream_refused_connections",
-            "Streams refused by a cap, a drain, or as not servable yet (not_ready, unavailable), by reason.",
-            ["reason"],
-            registry=self.registry,
+        self.refused = labelled(
+            Counter(
+                "telemetry_stream_refused_connections",
+                "Streams refused by a cap, a drain, or as not servable yet (not_ready, unavailable), by reason.",
+                ["reason"],
+                registry=self.registry,
+            ),
+            REFUSED_REASONS,
         )
         self.pending_bytes = Gauge(
             "telemetry_stream_pending_bytes",
             "Bytes waiting for clients (queued, being written, in transports, conflated), under max_pending_bytes.",
+            registry=self.registry,
+        )
+        self.pending_bytes_limit = Gauge(
+            "telemetry_stream_pending_bytes_limit",
+            "The budget telemetry_stream_pending_bytes is held under (TELEMETRY_MAX_PENDING_BYTES).",
             registry=self.registry,
         )
 

@@ -17,8 +17,6 @@ from collections.abc import Callable
 from stream.limits import TokenBucket
 from stream.metrics import Tally
 
-READING_PREFIX = b"id: "  # what core.readings.event_frame starts every reading with; control frames do not
-
 
 class Pacer(TokenBucket):
     """``rate_per_s`` readings a second for one connection; the readings refused wait, the latest per topic.

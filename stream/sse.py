@@ -131,6 +131,7 @@ class EventStream:
             budget=self.budget,
             conflated=metrics.conflated,
             bytes_sent=metrics.bytes_sent,
+            latency=metrics.end_to_end,
         )
         connection.on_written = hub.count_written
         now = time.monotonic()

@@ -18,7 +18,7 @@ from core.settings import ENV_PREFIX, Settings, env_only
 from ingest.app import create_app as create_ingest
 from ingest.metrics import IngestMetrics
 from stream.app import create_app as create_stream
-from stream.metrics import StreamMetrics
+from stream.metrics import ENDED_REASONS, REFUSED_REASONS, RESET_REASONS, StreamMetrics
 from telemetry.cli import build_parser, flag_of, shown
 
 ROOT = Path(__file__).parent.parent
@@ -75,6 +75,15 @@ def test_the_metrics_in_the_readme_are_the_ones_the_services_have() -> None:
     catalogue = dict(re.findall(r"^\| `(telemetry_[a-z_]+)` \| (counter|gauge|histogram) \|", README, re.M))
     assert catalogue == exposed
     assert set(re.findall(r"`(telemetry_(?:ingest|stream|nats)_[a-z_]+)", README)) == set(exposed)
+
+
+def test_the_reasons_in_the_readme_are_the_ones_exported_from_the_start() -> None:
+    lists = re.search(r"Reasons of `ended_connections`: (.*?); of\s+`refused_connections`: (.*?)\. ", README, re.S)
+    resets = re.search(r"^\| `telemetry_stream_resets_total` \| .*? \| `reset` events sent: (.*) \|$", README, re.M)
+    assert lists is not None and resets is not None
+    texts = [*lists.groups(), resets[1]]
+    named = [re.findall(r"(?:^|, )`([a-z_]+)`", " ".join(text.split())) for text in texts]
+    assert named == [list(ENDED_REASONS), list(REFUSED_REASONS), list(RESET_REASONS)]
 
 
 def test_every_flag_of_a_command_is_in_its_row_of_the_table_of_commands() -> None:
