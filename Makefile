@@ -17,12 +17,12 @@ endif
 endif
 endif
 
-.PHONY: run test chromium faults bench bench-quick loadtest image chart-readme clean FORCE
+.PHONY: run test chromium prometheus faults bench bench-quick loadtest image chart-readme clean FORCE
 
 run: $(STAMP) ## Start nats-server, both services and 5 simulated devices; Ctrl-C stops everything
 	$(BIN)/telemetry run --simulate 5
 
-test: $(STAMP) chromium ## Lint, type-check and run the whole test suite against real nats-server processes
+test: $(STAMP) chromium prometheus ## Lint, type-check and run the whole test suite against real nats-server processes
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -41,6 +41,20 @@ chromium: ## Debian's chromium for the browser tests: installed with apt when mi
 	fi; \
 	echo "installing Debian's chromium for the browser tests: $(CHROMIUM_INSTALL)"; \
 	export DEBIAN_FRONTEND=noninteractive; $(CHROMIUM_INSTALL)
+
+# The chart's monitoring tests check and unit-test its alerts with promtool (tests/charts/test_monitoring.py),
+# and evaluate them and the dashboard's queries in a real prometheus (tests/test_prometheus.py); without Debian's
+# prometheus package they fail with the command below.
+PROMETHEUS_PATHS := /usr/bin/promtool /usr/bin/prometheus
+PROMETHEUS_INSTALL := apt-get update && apt-get install -y --no-install-recommends prometheus
+
+prometheus: ## Debian's prometheus and promtool for the monitoring tests: installed with apt when missing (as root), else the command
+	@missing=; for path in $(PROMETHEUS_PATHS); do [ -x "$$path" ] || missing=1; done; [ -z "$$missing" ] && exit 0; \
+	if [ "$$(id -u)" != 0 ]; then \
+	  echo "error: the monitoring tests need Debian's prometheus; as root, run: $(PROMETHEUS_INSTALL)" >&2; exit 1; \
+	fi; \
+	echo "installing Debian's prometheus for the monitoring tests: $(PROMETHEUS_INSTALL)"; \
+	export DEBIAN_FRONTEND=noninteractive; $(PROMETHEUS_INSTALL)
 
 FAULT_ROUNDS ?= 10
 

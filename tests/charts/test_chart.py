@@ -25,6 +25,8 @@ import nats
 import nats.js.errors
 import pytest
 import yaml
+from support.chart import CHART_DIR, EXTERNAL, NAMESPACE, RELEASE, REPO, Doc, find, helm, one, render, render_files
+from support.monitoring import check_prometheus_rule
 from support.net import free_port
 
 from core.auth import mint_token
@@ -34,23 +36,20 @@ from telemetry.cli import build_parser
 from telemetry.natsserver import LocalNatsServer
 
 try:
-    import helm_python as helm
     import kubernetes_validate
 except ImportError as missing:  # no skip: a missing tool must fail the run, with the way to get it
     raise ImportError(
-        f"tests/charts need helm-python-sdk and kubernetes-validate ({missing}): "
-        "pip install helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 pyyaml (the dev extra)"
+        f"tests/charts need kubernetes-validate ({missing}): pip install kubernetes-validate==1.37.0 (the dev extra)"
     ) from missing
 
-REPO = Path(__file__).resolve().parents[2]
-CHART_DIR = REPO / "charts" / "telemetry"
 KUBERNETES_VERSION = "1.33"
-RELEASE = "telemetry"
-NAMESPACE = "iot"
+# What the monitoring stack reads, which the "everything" value set puts in its namespace: (kind, name).
+MONITORING_OBJECTS = {
+    ("ServiceMonitor", RELEASE),
+    ("PrometheusRule", RELEASE),
+    ("ConfigMap", f"{RELEASE}-grafana-dashboard"),
+}
 
-Doc = dict[str, Any]
-
-EXTERNAL: dict[str, Any] = {"nats": {"enabled": False}, "externalNats": {"urls": ["nats://nats.messaging.svc:4222"]}}
 
 # The value sets rendered by most tests. The official NATS chart cannot be downloaded here: with
 # nats.enabled (the chart's default) Helm renders our templates and leaves NATS out, which
@@ -88,7 +87,21 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         **EXTERNAL,
         "image": {"registry": "registry.example", "digest": "sha256:" + "a" * 64, "pullSecrets": ["regcred"]},
         "ingress": {"enabled": True, "annotations": {"cert-manager.io/cluster-issuer": "letsencrypt"}},
-        "metrics": {"serviceMonitor": {"enabled": True, "namespace": "monitoring"}},
+        "metrics": {
+            "serviceMonitor": {"enabled": True, "namespace": "monitoring"},
+            "prometheusRule": {
+                "enabled": True,
+                "namespace": "monitoring",
+                "labels": {"release": "prom"},
+                "additionalAlertLabels": {"team": "sensors"},
+                "thresholds": {"upstreamPending": 50000},
+            },
+            "grafanaDashboard": {
+                "enabled": True,
+                "namespace": "monitoring",
+                "annotations": {"grafana_folder": "Telemetry"},
+            },
+        },
         "networkPolicy": {
             "ingressFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}],
             "extraEgress": [{"ports": [{"port": 4317, "protocol": "TCP"}]}],
@@ -119,40 +132,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Rendering helpers
-
-
-@pytest.fixture(scope="module")
-def chart() -> Iterator[helm.Chart]:
-    """The chart loaded once by Helm's Go SDK."""
-    with helm.Chart.load(CHART_DIR) as loaded:
-        yield loaded
-
-
-def render_files(chart: helm.Chart, values: dict[str, Any], release: str = RELEASE) -> dict[str, str]:
-    """Every rendered file (templates, NOTES.txt, test hooks), keyed by its path in the chart."""
-    return chart.render(values, name=release, namespace=NAMESPACE)
-
-
-def render(chart: helm.Chart, values: dict[str, Any], release: str = RELEASE) -> list[Doc]:
-    """The rendered Kubernetes objects."""
-    docs: list[Doc] = []
-    for path, text in sorted(render_files(chart, values, release).items()):
-        if path.endswith(".yaml"):
-            docs.extend(doc for doc in yaml.safe_load_all(text) if doc)
-    return docs
-
-
-def find(docs: list[Doc], kind: str, name: str | None = None) -> list[Doc]:
-    """The objects of a kind (and name)."""
-    return [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
-
-
-def one(docs: list[Doc], kind: str, name: str | None = None) -> Doc:
-    """The one object of a kind (and name)."""
-    found = find(docs, kind, name)
-    assert len(found) == 1, f"expected one {kind} {name or ''}, got {[d['metadata']['name'] for d in found]}"
-    return found[0]
+# Rendering helpers (the chart fixture is conftest.py's; rendering is support/chart.py's)
 
 
 def deployment(docs: list[Doc], component: str) -> Doc:
@@ -267,21 +247,27 @@ def selects(selector: Doc, labels: dict[str, str]) -> bool:
     return True
 
 
+def validate(doc: Doc, docs: list[Doc]) -> None:
+    """Kubernetes' own schemas for its kinds; the Prometheus Operator's, checked by hand, for its CRDs."""
+    if doc["kind"] == "ServiceMonitor":
+        check_service_monitor(doc, docs)
+    elif doc["kind"] == "PrometheusRule":
+        check_prometheus_rule(doc)
+    else:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
 @pytest.mark.parametrize("value_set", VALUE_SETS)
 def test_every_manifest_is_valid_kubernetes(chart: helm.Chart, value_set: str) -> None:
     docs = render(chart, VALUE_SETS[value_set])
     for doc in docs:
-        if doc["kind"] == "ServiceMonitor":
-            check_service_monitor(doc, docs)
-        else:
-            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+        validate(doc, docs)
         metadata = doc["metadata"]
         assert len(metadata["name"]) <= 63
         assert metadata["labels"]["app.kubernetes.io/managed-by"] == "Helm"
         assert metadata["labels"]["app.kubernetes.io/instance"] == RELEASE
-        assert metadata["namespace"] == (
-            "monitoring" if value_set == "everything" and doc["kind"] == "ServiceMonitor" else NAMESPACE
-        )
+        monitoring = value_set == "everything" and (doc["kind"], metadata["name"]) in MONITORING_OBJECTS
+        assert metadata["namespace"] == ("monitoring" if monitoring else NAMESPACE)
 
 
 def test_the_value_sets_render_what_they_switch_on(chart: helm.Chart) -> None:
@@ -291,7 +277,7 @@ def test_the_value_sets_render_what_they_switch_on(chart: helm.Chart) -> None:
     assert kinds["existing-secret"] == sorted([*base, "HorizontalPodAutoscaler"])
     assert kinds["autoscaling-off"] == sorted([*base, "Secret"])
     assert "Ingress" in kinds["ingress"] and "ServiceMonitor" in kinds["servicemonitor"]
-    assert {"Ingress", "ServiceMonitor"} <= set(kinds["everything"])
+    assert {"Ingress", "ServiceMonitor", "PrometheusRule"} <= set(kinds["everything"])
 
 
 def test_names_are_cut_to_63_characters(chart: helm.Chart) -> None:
@@ -303,7 +289,7 @@ def test_names_are_cut_to_63_characters(chart: helm.Chart) -> None:
         name = doc["metadata"]["name"]
         assert len(name) <= 63 and not name.endswith("-"), name
         assert all(len(value) <= 63 for value in doc["metadata"]["labels"].values())
-        if doc["kind"] != "ServiceMonitor":
+        if doc["kind"] not in {"ServiceMonitor", "PrometheusRule"}:  # no schemas (validate() checks them by hand)
             kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
 
 
@@ -388,7 +374,7 @@ def test_the_rendered_settings_are_exactly_the_settings_object(
 
 def test_large_and_fractional_numbers_survive_helm(chart: helm.Chart) -> None:
     # Helm reads numbers as floats; 10 GiB must not become 1.073741824e+10.
-    data = one(render(chart, VALUE_SETS["everything"]), "ConfigMap")["data"]
+    data = one(render(chart, VALUE_SETS["everything"]), "ConfigMap", RELEASE)["data"]
     assert data["TELEMETRY_STREAM_MAX_BYTES"] == "10737418240"
     assert data["TELEMETRY_STREAM_MAX_AGE_S"] == "0.5"
     assert data["TELEMETRY_STREAM_DUPLICATE_WINDOW_S"] == "0.25"
@@ -772,7 +758,7 @@ def test_auth_is_required_by_default_with_a_generated_secret_that_the_pods_read_
 def test_given_key_sources_and_nats_credentials_are_mounted_and_nothing_is_generated(chart: helm.Chart) -> None:
     docs = render(chart, VALUE_SETS["everything"])
     assert [doc["metadata"]["name"] for doc in find(docs, "Secret")] == [f"{RELEASE}-nats"]
-    data = one(docs, "ConfigMap")["data"]
+    data = one(docs, "ConfigMap", RELEASE)["data"]
     assert {name: data[name] for name in data if name.endswith("_FILE")} == {
         "TELEMETRY_JWT_SECRET_FILE": "",
         "TELEMETRY_JWT_PUBLIC_KEYS_FILE": "/etc/telemetry/auth/jwt-public-keys",

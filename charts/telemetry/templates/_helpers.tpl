@@ -395,3 +395,15 @@ telemetry.secretVolume: the projected volume of every mounted secret file (nothi
       {{- toYaml $sources | nindent 6 }}
 {{- end -}}
 {{- end -}}
+
+{{/*
+telemetry.alertLabels: the labels of one alert of the PrometheusRule: its severity, then
+metrics.prometheusRule.additionalAlertLabels (the schema keeps severity out of those, so it stays the chart's).
+Call with (dict "root" $ "severity" "critical").
+*/}}
+{{- define "telemetry.alertLabels" -}}
+severity: {{ .severity }}
+{{- with .root.Values.metrics.prometheusRule.additionalAlertLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
