@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import structlog
 from starlette.types import Send
@@ -13,9 +13,9 @@ from core.readings import READING_PREFIX, control_frame, retry_frame
 from core.topics import Pattern
 from stream.eager import run_eagerly
 from stream.fastwrite import ChunkWriter, cap_send_buffer, chunk, chunk_writer, stream_transport, transport_closing
-from stream.latency import EndToEndLatency, first_live
+from stream.latency import first_live
 from stream.limits import Limits
-from stream.metrics import Tally
+from stream.metrics import StreamMetrics
 from stream.pacing import Pacer
 from stream.slowconsumer import PendingBudget, Progress
 
@@ -54,6 +54,7 @@ class Connection:
         "_held_bytes",
         "_latency",
         "_mark_dirty",
+        "_replayed_tally",
         "_send",
         "_sent_bytes",
         "_single_chunk",
@@ -66,7 +67,7 @@ class Connection:
         "_writer",
         "_writer_bytes",
         "_writer_frames",
-        "_writer_live",
+        "_writer_history",
         "_writer_readings",
         "buffered_bytes",
         "closed",
@@ -102,10 +103,9 @@ class Connection:
         limits: Limits,
         mark_dirty: Callable[[Connection], None],
         budget: PendingBudget,
-        conflated: Tally,
-        bytes_sent: Tally,
-        latency: EndToEndLatency,
+        metrics: StreamMetrics,
     ) -> None:
+        """``metrics``: the process's, where what the connection writes is counted (its plain-integer tallies)."""
         self.patterns = patterns
         self.last_seq = last_seq
         self.replaying = replaying
@@ -122,9 +122,10 @@ class Connection:
         self.end_reason: str | None = None
         self.on_abort: Callable[[], object] = lambda: None
         self.on_written: Callable[[int], None] = lambda readings: None
-        self.pacer = Pacer(limits.rate_per_s, on_due=self._release, conflated=conflated)
-        self._bytes_tally = bytes_sent  # the process's count of body bytes written, for the metrics
-        self._latency = latency  # live readings' end-to-end latency, observed per write
+        self.pacer = Pacer(limits.rate_per_s, on_due=self._release, conflated=metrics.conflated)
+        self._bytes_tally = metrics.bytes_sent  # body bytes written
+        self._replayed_tally = metrics.replayed  # history readings written
+        self._latency = metrics.end_to_end  # live readings' end-to-end latency, observed per write
         self._waiting = self.pacer.waiting  # the same dict, one attribute nearer: read on every delivery
         self.last_write = time.monotonic()
         self.progress = Progress(self.last_write)
@@ -140,8 +141,8 @@ class Connection:
         self._writer: asyncio.Task[None] | None = None
         self._writer_bytes = 0
         self._writer_readings = 0
-        self._writer_live = 0
-        self._writer_frames: list[bytes] = []  # the oldest live reading of the write under way, if it has one
+        self._writer_history = 0
+        self._writer_frames: Sequence[bytes] = ()  # the oldest live reading of the write under way, if it has one
         self._sent_bytes = 0  # handed to the transport (or to the server's send) so far
         self.sent_events = 0  # readings among them: with ``sent_bytes``, what the stream's closing log line tells
         self._transport: asyncio.Transport | None = None
@@ -246,7 +247,7 @@ class Connection:
                     self.buffered_bytes = 0
                     self.unsent_readings = 0
                     self.unsent_history = 0
-                    self._written(len(data), readings, now, readings - history, frames, history)
+                    self._written(len(data), readings, history, now, frames, history)
                     return readings
             if self.client_gone():  # whatever uvicorn told the handler (see fastwrite.transport_closing)
                 self.abort("transport_closed")
@@ -256,12 +257,12 @@ class Connection:
             message = {"type": "http.response.body", "body": data, "more_body": not self.ending}
             writer = run_eagerly(self._send(message))  # type: ignore[arg-type]
             if writer is None:
-                self._written(len(data), readings, now, readings - history, frames, history)
+                self._written(len(data), readings, history, now, frames, history)
                 return readings
             self._writer = writer
             self._writer_bytes = len(data)
             self._writer_readings = readings
-            self._writer_live = readings - history
+            self._writer_history = history
             self._writer_frames = first_live(frames, history)  # not all of them: they are in the write's bytes
             writer.add_done_callback(self._on_writer_done)
             self._account()
@@ -283,16 +284,21 @@ class Connection:
         self.unsent_readings = 0
         self.unsent_history = 0
 
-    def _written(self, size: int, readings: int, now: float, live: int, frames: list[bytes], history: int) -> None:
-        """``size`` bytes of ``frames`` went to the transport, with ``readings`` readings: the first ``history`` of
-        them replayed, ``live`` live ones after. Observes the live ones' latency, and looks at what the transport
-        still holds, whether bytes move, what waited for room."""
+    def _written(self, size: int, readings: int, history: int, now: float, frames: Sequence[bytes], skip: int) -> None:
+        """``size`` bytes went to the transport, with ``readings`` readings, the first ``history`` of them replayed.
+
+        Counts them, observes the live ones' latency (the oldest of them: the first reading of ``frames`` after
+        ``skip`` others), and looks at what the transport still holds, whether bytes move, what waited for room.
+        """
+        live = readings - history
         if live:
             latency = self._latency
             if frames[0] is latency.first and now == latency.now:  # ``observe``'s common case, without its call
                 latency.readings += live
             else:
-                latency.observe(frames, history, live, now)
+                latency.observe(frames, skip, live, now)
+        if history:
+            self._replayed_tally.count += history
         self._sent_bytes += size
         self._bytes_tally.count += size
         self.sent_events += readings
@@ -320,9 +326,9 @@ class Connection:
         if task.cancelled() or task.exception() is not None:
             self.abort("write_failed")  # nothing more if close() cancelled it
             return
-        frames, self._writer_frames = self._writer_frames, []
+        frames, self._writer_frames = self._writer_frames, ()
         self.on_written(self._writer_readings)
-        self._written(size, self._writer_readings, time.monotonic(), self._writer_live, frames, 0)
+        self._written(size, self._writer_readings, self._writer_history, time.monotonic(), frames, 0)
         if self.frames:
             self.flush(time.monotonic())
 
@@ -400,7 +406,7 @@ class Connection:
         self.drained.set()
         self.pacer.clear()
         self._clear_queue()
-        self._writer_frames = []
+        self._writer_frames = ()
         self._held = []
         self._held_bytes = 0
         self._transport_bytes = 0

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 from prometheus_client.core import HistogramMetricFamily, Metric
@@ -41,15 +41,15 @@ def received_at(frame: bytes) -> float | None:
         return None
 
 
-def first_live(frames: list[bytes], history: int) -> list[bytes]:
+def first_live(frames: Sequence[bytes], history: int) -> tuple[bytes, ...]:
     """The first reading frame of ``frames`` after ``history`` replayed ones (control frames skipped), alone in a
-    list; an empty list if there is none."""
+    tuple; an empty one if there is none."""
     for frame in frames:
         if frame.startswith(READING_PREFIX):
             if not history:
-                return [frame]
+                return (frame,)
             history -= 1
-    return []
+    return ()
 
 
 class EndToEndLatency(Collector):
@@ -65,7 +65,7 @@ class EndToEndLatency(Collector):
         self._received: float | None = None
         self.readings = 0
 
-    def observe(self, frames: list[bytes], history: int, live: int, now: float) -> None:
+    def observe(self, frames: Sequence[bytes], history: int, live: int, now: float) -> None:
         """A write at ``now`` (``time.monotonic()``) of ``frames``: ``history`` replayed readings, then ``live`` live
         ones (``frames`` starts with a reading or control frame: a write is never empty)."""
         if frames[0] is self.first and now == self.now:

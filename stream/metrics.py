@@ -49,11 +49,11 @@ RESET_REASONS = ("unknown_id", "history_expired", "replay_limit", "stream_recrea
 class HubCounters(Collector):
     """Counters kept as plain integers (they change per connection per event) and read at scrape."""
 
-    def __init__(self, read: Callable[[], tuple[int, int, int, int]]) -> None:
+    def __init__(self, read: Callable[[], tuple[int, int, int, int, int]]) -> None:
         self._read = read
 
     def collect(self) -> Iterable[Metric]:
-        events_sent, keepalives, conflated, bytes_sent = self._read()
+        events_sent, keepalives, conflated, bytes_sent, replayed = self._read()
         yield CounterMetricFamily(
             "telemetry_stream_events_sent", "Reading events written to clients.", value=events_sent
         )
@@ -63,6 +63,11 @@ class HubCounters(Collector):
             "Body bytes written to clients (events, keep-alives, control frames; HTTP chunk framing where the stream "
             "writes to the socket itself).",
             value=bytes_sent,
+        )
+        yield CounterMetricFamily(
+            "telemetry_stream_replayed_events",
+            "Reading events from history (a resume, since=, snapshot=) written to clients.",
+            value=replayed,
         )
         yield CounterMetricFamily(
             "telemetry_stream_conflated_readings",
@@ -117,11 +122,6 @@ class StreamMetrics:
             "Readings JetStream still holds for the live feed's consumer, as of its last delivery (upstream lag).",
             registry=self.registry,
         )
-        self.replayed_events = Counter(
-            "telemetry_stream_replayed_events",
-            "Reading events sent from history to resuming clients.",
-            registry=self.registry,
-        )
         self.resets = labelled(
             Counter(
                 "telemetry_stream_resets",
@@ -133,6 +133,7 @@ class StreamMetrics:
         )
         self.conflated = Tally()
         self.bytes_sent = Tally()  # body bytes written to clients: one integer add per write (Connection._written)
+        self.replayed = Tally()  # history readings written to clients, per write too
         self.end_to_end = EndToEndLatency()
         self.registry.register(self.end_to_end)
         self.ended = labelled(
@@ -165,5 +166,7 @@ class StreamMetrics:
         )
 
     def watch(self, read: Callable[[], tuple[int, int]]) -> None:
-        """Expose the hub's own counters (events sent, keep-alives) and the conflated readings on this registry."""
-        self.registry.register(HubCounters(lambda: (*read(), self.conflated.count, self.bytes_sent.count)))
+        """Expose the hub's own counters (events sent, keep-alives) and the connections' tallies on this registry."""
+        self.registry.register(
+            HubCounters(lambda: (*read(), self.conflated.count, self.bytes_sent.count, self.replayed.count))
+        )

@@ -115,30 +115,26 @@ def _within_max_replay(
 StoredHandler = Callable[[int, str, bytes, int], Awaitable[bool | None]]
 
 
-async def replay(link: JetStreamLink, connection: Connection, start_after: int, upto: int) -> int:
-    """Push the stored readings in (start_after, upto] that match the connection; returns how many.
+async def replay(link: JetStreamLink, connection: Connection, start_after: int, upto: int) -> None:
+    """Push the stored readings in (start_after, upto] that match the connection (counted as they are written).
 
     The client's own pace bounds it: the replay waits while the client is far behind.
     """
-    count = 0
 
     async def push(seq: int, subject: str, payload: bytes, pending: int) -> None:
-        nonlocal count
-        count += await push_stored(connection, seq, payload)
+        await push_stored(connection, seq, payload)
 
     await read_stored(link, connection.patterns, start_after, upto, push)
-    return count
 
 
-async def push_stored(connection: Connection, seq: int, payload: bytes) -> int:
-    """Queue one stored reading for the connection (1), or nothing for a payload that is not one of ours (0)."""
+async def push_stored(connection: Connection, seq: int, payload: bytes) -> None:
+    """Queue one stored reading for the connection (nothing for a payload that is not one of ours)."""
     frame = event_frame(seq, payload)
     if frame is None:
-        return 0
+        return
     connection.push_reading(seq, frame)
     if connection.buffered_bytes > REPLAY_HIGH_WATER_BYTES:
         await connection.wait_drained()
-    return 1
 
 
 async def read_stored(

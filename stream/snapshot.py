@@ -43,17 +43,17 @@ class Entry:
     payload: bytes = field(compare=False)
 
 
-async def send_latest(link: JetStreamLink, connection: Connection, live_from: int, limit: int) -> int:
-    """Push each matching topic's latest reading up to ``live_from``, at most ``limit`` topics; returns how many.
+async def send_latest(link: JetStreamLink, connection: Connection, live_from: int, limit: int) -> None:
+    """Push each matching topic's latest reading up to ``live_from``, at most ``limit`` topics.
 
     Beyond ``limit`` (counted from what the consumer has to deliver), the least recently updated are left out
     after a ``reset`` (reason ``snapshot_limit``) that says how many there were.
     """
-    pushed = skip = 0
+    skip = 0
     first = True
 
     async def push(seq: int, subject: str, payload: bytes, pending: int) -> None:
-        nonlocal pushed, skip, first
+        nonlocal skip, first
         if first:
             first, total = False, pending + 1
             if total > limit:
@@ -62,17 +62,16 @@ async def send_latest(link: JetStreamLink, connection: Connection, live_from: in
         if skip > 0:
             skip -= 1
             return
-        pushed += await push_stored(connection, seq, payload)
+        await push_stored(connection, seq, payload)
 
     await read_stored(link, connection.patterns, 0, live_from, push, latest_first=True)
-    return pushed
 
 
 async def send_latest_before(
     link: JetStreamLink, connection: Connection, before: int, live_from: int, limit: int
-) -> int:
+) -> None:
     """Push each matching topic's latest reading stored before sequence ``before``, in stream order, at most
-    ``limit`` topics (the most recently updated); returns how many.
+    ``limit`` topics (the most recently updated).
 
     Older readings of topics updated since are read while they fit in ``max_buffer_bytes``: the rest of those
     topics start with their history.
@@ -100,10 +99,8 @@ async def send_latest_before(
             fetched += len(entry.payload)
     if len(kept) > limit:
         connection.push(control_frame("reset", {"reason": "snapshot_limit", "topics": len(kept), "limit": limit}))
-    pushed = 0
     for entry in sorted(heapq.nlargest(limit, kept)):
-        pushed += await push_stored(connection, entry.seq, entry.payload)
-    return pushed
+        await push_stored(connection, entry.seq, entry.payload)
 
 
 async def direct_last(link: JetStreamLink, subjects: list[str], up_to_seq: int) -> list[Entry]:

@@ -129,9 +129,7 @@ class EventStream:
             limits=request.limits,
             mark_dirty=hub.mark_dirty,
             budget=self.budget,
-            conflated=metrics.conflated,
-            bytes_sent=metrics.bytes_sent,
-            latency=metrics.end_to_end,
+            metrics=metrics,
         )
         connection.on_written = hub.count_written
         now = time.monotonic()
@@ -195,18 +193,16 @@ class EventStream:
         link, limit = self.hub.link, self.settings.max_snapshot_topics
         try:
             async with self.hub.replay_slots:
-                count = 0
                 if snapshot and plan is None:
-                    count += await send_latest(link, connection, live_from, limit)
+                    await send_latest(link, connection, live_from, limit)
                 elif snapshot and plan is not None:
-                    count += await send_latest_before(link, connection, plan.start_after + 1, live_from, limit)
+                    await send_latest_before(link, connection, plan.start_after + 1, live_from, limit)
                 if plan is not None:
-                    count += await replay(link, connection, plan.start_after, live_from)
+                    await replay(link, connection, plan.start_after, live_from)
         except (TimeoutError, nats.errors.Error) as err:
             log.warning("replay_failed", error=str(err) or repr(err), start_after=plan.start_after if plan else None)
             connection.end("replay_failed", retry_ms=jittered(self.settings.retry_ms))
             return
-        self.hub.metrics.replayed_events.inc(count)
         connection.finish_replay()
 
 

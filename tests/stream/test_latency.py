@@ -46,9 +46,9 @@ def test_received_at_is_read_from_the_end_of_the_frame() -> None:
 def test_first_live_skips_control_frames_and_history() -> None:
     old, new = frame_received(datetime.now(UTC), 1), frame_received(datetime.now(UTC), 2)
     reset = control_frame("reset", {"reason": "unknown_id"})
-    assert first_live([KEEPALIVE_FRAME, old, new], 0) == [old]
-    assert first_live([reset, old, KEEPALIVE_FRAME, new], 1) == [new]
-    assert first_live([old, new], 2) == []
+    assert first_live([KEEPALIVE_FRAME, old, new], 0) == (old,)
+    assert first_live([reset, old, KEEPALIVE_FRAME, new], 1) == (new,)
+    assert first_live([old, new], 2) == ()
 
 
 def test_writes_count_their_live_readings_with_the_age_of_the_oldest() -> None:
