@@ -51,7 +51,10 @@ class Prometheus:
         last = None
         try:
             async with asyncio.timeout(timeout_s):
-                while (last := await self.value(expr)) != expected:
+                while True:
+                    last = await self.value(expr)
+                    if last == expected:
+                        return
                     await asyncio.sleep(0.2)
         except TimeoutError:
             raise AssertionError(f"{expr} is {last}, not {expected}, after {timeout_s:g} s") from None
@@ -79,21 +82,12 @@ async def running_prometheus(
     config_file = tmp_path / "prometheus.yml"
     config_file.write_text(yaml.safe_dump(config(targets, rule_file)))
     port = free_port()
-    log = (tmp_path / "prometheus.log").open("wb")
-    process = subprocess.Popen(
-        [
-            str(installed(PROMETHEUS)),
-            f"--config.file={config_file}",
-            f"--storage.tsdb.path={tmp_path / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    log = tmp_path / "prometheus.log"
+    process = start(config_file, tmp_path / "data", port, log)
     url = f"http://127.0.0.1:{port}"
     try:
         async with httpx.AsyncClient(timeout=10.0) as client:
-            await wait_ready(client, url, process, tmp_path / "prometheus.log")
+            await wait_ready(client, url, process, log)
             prometheus = Prometheus(url, client)
             # Targets are discovered a few seconds after start: from the first scrape on, every second is recorded.
             await prometheus.value_becomes("count(up == 1)", len(targets))
@@ -105,7 +99,25 @@ async def running_prometheus(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-        log.close()
+
+
+def start(config_file: Path, data: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    """The prometheus process, its output in ``log``."""
+    with log.open("wb") as output:
+        return subprocess.Popen(
+            [
+                str(installed(PROMETHEUS)),
+                f"--config.file={config_file}",
+                f"--storage.tsdb.path={data}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def log_text(log: Path) -> str:
+    return log.read_text(errors="replace")
 
 
 async def wait_ready(client: httpx.AsyncClient, url: str, process: subprocess.Popen[bytes], log: Path) -> None:
@@ -113,7 +125,7 @@ async def wait_ready(client: httpx.AsyncClient, url: str, process: subprocess.Po
     try:
         async with asyncio.timeout(READY_DEADLINE_S):
             while True:
-                assert process.poll() is None, f"prometheus exited ({process.returncode}):\n{log.read_text()}"
+                assert process.poll() is None, f"prometheus exited ({process.returncode}):\n{log_text(log)}"
                 try:
                     if (await client.get(f"{url}/-/ready")).status_code == 200:
                         return
@@ -121,4 +133,4 @@ async def wait_ready(client: httpx.AsyncClient, url: str, process: subprocess.Po
                     pass
                 await asyncio.sleep(0.1)
     except TimeoutError:
-        raise AssertionError(f"prometheus not ready within {READY_DEADLINE_S:g} s:\n{log.read_text()}") from None
+        raise AssertionError(f"prometheus not ready within {READY_DEADLINE_S:g} s:\n{log_text(log)}") from None
