@@ -1,206 +1,63 @@
-"""``python -m bench.ingest [--quick]``: acknowledged readings per ingest CPU second, against a bare nats-py ceiling.
+"""``python -m bench.ingest [--quick]``: acknowledged readings per ingest CPU second, against two references.
 
-Section 7 of bench/README.md. One run starts a nats-server, the ingest service (``python -m telemetry ingest``,
-as in production) and, for each workload, a bare nats-py loop that publishes the same stored payloads
-with the same headers to the same JetStream stream with the same number in flight (the ceiling). The
-ingest and the ceiling are pinned to one CPU with ``taskset``, this process (the load generator) and
-nats-server to the other(s). The figure is readings acknowledged per CPU second of the measured
-process alone, from ``/proc/PID/stat``, over a window that starts after a warm-up. Then (section 8) the
-same workloads against fresh ingest services with auth off and on, interleaved: the cost of auth.
+Section 7 of bench/README.md. One run starts a nats-server, then, in three interleaved rounds, each contender
+fresh: the ingest service (``python -m telemetry ingest``, as in production); the HTTP ceiling
+(``bench/servers/http_ceiling.py``: a bare ASGI app under uvicorn that stores each POSTed body as one
+JetStream message and answers after its PubAck), driven by the same load generator with the same
+workloads; and, for each workload, a bare nats-py loop that publishes the same stored payloads with the
+same headers to the same JetStream stream with the same number in flight (the bare publisher). The
+measured process is pinned to one CPU with ``taskset``, this process (the load generator) and nats-server
+to the other(s). The figure is readings acknowledged per CPU second of the measured process alone, from
+``/proc/PID/stat``, over a window that starts after a warm-up; the goals compare medians of the three
+rounds. Then (section 8) the same workloads against fresh ingest services with auth off and on,
+interleaved: the cost of auth.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
-import itertools
+import dataclasses
 import json
-import math
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import nats
 import uvloop
-from nats.js.api import PubAck
 
 from bench.auth import AUTH_TARGET, RUNS, Comparison, auth_settings, bearer, new_secret, tokens, write_api_keys
-from bench.procs import die_with_parent, free_ports, proc_cpu_s, set_affinity, stop_process
-from core.readings import Reading, stored_payload
+from bench.ingestload import DEVICES, Measure, Workload, drive
+from bench.procs import die_with_parent, free_ports, set_affinity, stop_process
+from bench.report import Report, Row, times
+from core.jetstream import desired_stream
+from core.settings import Settings
 from telemetry.natsserver import LocalNatsServer
 
 STREAM, PREFIX = "BENCH_INGEST", "bench"
-TARGET = 0.5  # batched ingest >= 50 % of the ceiling
-DEVICES = 10_000  # spread so that the per-device rate limit (on, at its default) never refuses a reading
-READING = (
-    '{"site":"plant1","device":"dev-%05d","metric":"temperature","value":21.53,"ts":"2026-11-27T07:00:00.000Z",'
-    '"unit":"C","tags":{"room":"east","line":"3"},"id":"%s-%09d"}'
-)
-
-
-@dataclass(frozen=True)
-class Workload:
-    """Clients posting ``batch`` readings per request; the ceiling keeps ``clients * batch`` in flight."""
-
-    name: str
-    clients: int
-    batch: int
-
-
-WORKLOADS = (Workload("single readings, 32 clients", 32, 1), Workload("batches of 100, 8 clients", 8, 100))
-PARTS = ("ceiling", "auth")  # --only: the ingest against the bare loop; auth on against auth off (section 8)
+# The contenders of part ``ceiling``, in the first round's order: each round starts one later.
+CONTENDERS = {"ingest": "ingest", "http": "HTTP ceiling", "bare": "bare publisher"}
+SINGLES = Workload("single readings, 32 clients", 32, 1)
+BATCHES = Workload("batches of 100, 8 clients", 8, 100)
+WORKLOADS = (SINGLES, BATCHES)
+# The goals (issue 16), on the medians of the rounds: the ingest's figure at least this share of the contender's.
+GOALS = {
+    SINGLES: ("http", 0.7),  # what a request costs beyond its reading is HTTP's, and no server avoids it
+    BATCHES: ("bare", 0.8),  # 100 readings share a request's HTTP cost: held against publishing them alone
+}
+PARTS = ("ceiling", "auth")  # --only: the ingest against the two references; auth on against auth off (section 8)
 AUTH_VARIANTS = {"off": "off", "token": "bearer token", "apikey": "API key"}  # the first round's order
 PUBLISH_PATTERN = "plant1.>"  # covers every reading posted, but not every topic: each reading's topic is checked
 
 
-@dataclass(frozen=True)
-class Measure:
-    """Readings acknowledged and CPU seconds of the measured process over one window."""
-
-    readings: int
-    cpu_s: float
-    wall_s: float
-
-    @property
-    def per_cpu_s(self) -> float:
-        return self.readings / self.cpu_s if self.cpu_s > 0 else float("nan")
-
-    @property
-    def cpu_per_reading(self) -> float:
-        """CPU seconds per reading acknowledged (infinite when none was)."""
-        return self.cpu_s / self.readings if self.readings else math.inf
-
-
 def log(text: str) -> None:
     print(f"[bench.ingest {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The ceiling: a bare nats-py loop, run as a child process pinned to the ingest's CPU
-
-
-async def ceiling(nats_url: str, in_flight: int, warmup_s: float, duration_s: float, tag: str) -> Measure:
-    """Publish stored payloads with ``in_flight`` unacknowledged at most, as the ingest does; measure a window."""
-    nc = await nats.connect(nats_url)
-    js = nc.jetstream(publish_async_max_pending=in_flight)
-    # The payload the ingest stores for the readings the load generator posts, built as cheaply as possible.
-    stored = stored_payload(Reading.model_validate_json(READING % (0, tag, 0)), datetime.now(UTC))
-    template = stored.replace(b"dev-00000", b"dev-%05d").replace(b"%s-000000000" % tag.encode(), b"%s-%09d")
-    assert template.count(b"%") == 4, template
-    acked = 0
-
-    def count(future: asyncio.Future[PubAck]) -> None:
-        nonlocal acked
-        if not future.cancelled() and future.exception() is None:
-            acked += 1
-
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    marks: list[tuple[int, float, float]] = []
-    sequence = 0
-    while len(marks) < 2:
-        now = loop.time()
-        if now - start >= warmup_s + (duration_s if marks else 0.0):
-            marks.append((acked, proc_cpu_s(os.getpid()), now))
-        for _ in range(100):
-            sequence += 1
-            device = sequence % DEVICES
-            future = await js.publish_async(
-                f"{PREFIX}.plant1.dev-{device:05d}.temperature",
-                template % (device, device, tag.encode(), sequence),
-                stream=STREAM,
-                headers={"Nats-Msg-Id": f"plant1.dev-{device:05d}.{tag}-{sequence:09d}"},  # as ingest writes it
-            )
-            future.add_done_callback(count)
-    await js.publish_async_completed()
-    await nc.close()
-    (acked0, cpu0, wall0), (acked1, cpu1, wall1) = marks
-    return Measure(acked1 - acked0, cpu1 - cpu0, wall1 - wall0)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The load generator: keep-alive HTTP/1.1 on raw sockets, cheaper per request than any client library
-
-
-class Poster:
-    """One client: posts bodies on one keep-alive connection, one request at a time, counting what is acknowledged.
-
-    ``authorization``: the value of the ``Authorization`` header it sends (a token or API key; auth off: none).
-    """
-
-    def __init__(self, port: int, authorization: str | None = None) -> None:
-        self.port = port
-        self.head = b"POST /v1/readings HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        if authorization is not None:
-            self.head += b"Authorization: %s\r\n" % authorization.encode()
-        self.acked = 0
-        self.refused: dict[int, int] = {}
-
-    async def run(self, bodies: Iterator[tuple[bytes, int]], stop: asyncio.Event) -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
-        try:
-            for body, count in bodies:
-                if stop.is_set():
-                    return
-                writer.write(b"%sContent-Length: %d\r\n\r\n%s" % (self.head, len(body), body))
-                status = int((await reader.readline()).split(b" ", 2)[1])
-                length = 0
-                while (line := await reader.readline()) != b"\r\n":
-                    if line[:15].lower() == b"content-length:":
-                        length = int(line[15:])
-                answer = await reader.readexactly(length)
-                if status == 202 and b'"duplicate":true' not in answer:
-                    self.acked += count
-                else:
-                    self.refused[status] = self.refused.get(status, 0) + 1
-        finally:
-            writer.close()
-
-
-def bodies(workload: Workload, client: int, tag: str) -> Iterator[tuple[bytes, int]]:
-    """The request bodies of one client, made as they are sent: realistic readings with ids unique over the run."""
-    for request in itertools.count():
-        first = (request * workload.clients + client) * workload.batch
-        items = [READING % (n % DEVICES, tag, n) for n in range(first, first + workload.batch)]
-        body = items[0] if workload.batch == 1 else "[" + ",".join(items) + "]"
-        yield body.encode(), workload.batch
-
-
-async def drive(
-    port: int,
-    pid: int,
-    workload: Workload,
-    warmup_s: float,
-    duration_s: float,
-    tag: str,
-    credentials: Sequence[str] = (),
-) -> Measure:
-    """Run the workload against the ingest service; measure the ingest process over the window after warm-up.
-
-    ``credentials``: one ``Authorization`` value per client when the service requires auth.
-    """
-    posters = [Poster(port, credentials[n] if credentials else None) for n in range(workload.clients)]
-    stop = asyncio.Event()
-    tasks = [asyncio.create_task(p.run(bodies(workload, n, tag), stop)) for n, p in enumerate(posters)]
-    await asyncio.sleep(warmup_s)  # the warm-up is a span of time, not an event to wait for
-    acked0, cpu0, wall0 = sum(p.acked for p in posters), proc_cpu_s(pid), time.monotonic()
-    await asyncio.sleep(duration_s)
-    acked1, cpu1, wall1 = sum(p.acked for p in posters), proc_cpu_s(pid), time.monotonic()
-    stop.set()
-    await asyncio.gather(*tasks)
-    refused = sum((Counter(p.refused) for p in posters), Counter[int]())
-    if refused:
-        raise RuntimeError(f"{workload.name}: answers other than a clean 202: {dict(refused)}")
-    return Measure(acked1 - acked0, cpu1 - cpu0, wall1 - wall0)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -220,31 +77,34 @@ def child(argv: list[str], cpu: int, env: dict[str, str], log_path: Path) -> sub
         )
 
 
-def wait_ready(port: int, process: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
+def wait_ready(port: int, process: subprocess.Popen[bytes], name: str, timeout_s: float = 30.0) -> None:
     """Poll /readyz (a subprocess offers nothing to await)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"the ingest service exited with code {process.returncode}")
+            raise RuntimeError(f"{name} exited with code {process.returncode}")
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1.0).status_code == 200:
                 return
         time.sleep(0.05)
-    raise RuntimeError("the ingest service did not become ready")
+    raise RuntimeError(f"{name} did not become ready")
 
 
-def run_ceiling(nats_url: str, in_flight: int, warmup_s: float, duration_s: float, cpu: int, work: Path) -> Measure:
+def run_bare_publisher(
+    nats_url: str, in_flight: int, warmup_s: float, duration_s: float, cpu: int, work: Path
+) -> Measure:
     """The bare loop as a child pinned to ``cpu``; it reports its own window as JSON."""
-    tag = f"c{in_flight}-{time.time_ns()}"
-    argv = [sys.executable, "-m", "bench.ingest", "--ceiling", nats_url, str(in_flight), str(warmup_s), str(duration_s)]
-    process = child([*argv, tag], cpu, {}, work / "ceiling.log")
+    argv = ["--nats-url", nats_url, "--stream", STREAM, "--prefix", PREFIX, "--in-flight", str(in_flight)]
+    argv += ["--warmup-s", str(warmup_s), "--duration-s", str(duration_s), "--tag", f"c{in_flight}-{time.time_ns()}"]
+    module = [sys.executable, "-m", "bench.servers.bare_publisher"]
+    process = child([*module, *argv], cpu, {}, work / "bare-publisher.log")
     try:
         process.wait(warmup_s + duration_s + 60)
     finally:
         stop_process(process)
-    lines = (work / "ceiling.log").read_text().strip().splitlines()
+    lines = (work / "bare-publisher.log").read_text().strip().splitlines()
     if process.returncode != 0 or not lines:
-        raise RuntimeError(f"the ceiling loop failed: {lines[-5:]}")
+        raise RuntimeError(f"the bare publisher failed: {lines[-5:]}")
     return Measure(**json.loads(lines[-1]))
 
 
@@ -269,11 +129,69 @@ def start_ingest(
     env = ingest_env(nats_url, port, settings or {})
     process = child([sys.executable, "-m", "telemetry", "ingest"], cpu, env, work / f"ingest-{name}.log")
     try:
-        wait_ready(port, process)
+        wait_ready(port, process, "the ingest service")
     except BaseException:
         stop_process(process)
         raise
     return process, port
+
+
+def start_http_ceiling(nats_url: str, cpu: int, work: Path, name: str) -> tuple[subprocess.Popen[bytes], int]:
+    """The HTTP ceiling (``bench/servers/http_ceiling.py``) pinned to ``cpu``, once it is ready; the caller stops it.
+
+    It publishes to the ingest's stream, which ``create_stream`` made before any contender ran.
+    """
+    port = free_ports(1)[0]
+    argv = ["--port", str(port), "--nats-url", nats_url, "--stream", STREAM, "--prefix", PREFIX]
+    argv += ["--devices", str(DEVICES)]
+    process = child([sys.executable, "-m", "bench.servers.http_ceiling", *argv], cpu, {}, work / f"http-{name}.log")
+    try:
+        wait_ready(port, process, "the HTTP ceiling")
+    except BaseException:
+        stop_process(process)
+        raise
+    return process, port
+
+
+@contextlib.contextmanager
+def serving(contender: str, nats_url: str, cpu: int, work: Path, name: str) -> Iterator[tuple[int, int] | None]:
+    """A fresh server for the contender, its pid and port, stopped afterwards; None for the bare publisher, which
+    is a process of its own per workload."""
+    if contender == "bare":
+        yield None
+        return
+    start = start_ingest if contender == "ingest" else start_http_ceiling
+    process, port = start(nats_url, cpu, work, name)
+    try:
+        yield process.pid, port
+    finally:
+        stop_process(process)
+
+
+def reference_runs(nats_url: str, cpu: int, work: Path, warmup_s: float, duration_s: float) -> dict[str, list[Measure]]:
+    """Section 7 of bench/README.md: ``RUNS`` rounds of the ingest, the HTTP ceiling and the bare publisher, each
+    fresh and driven with every workload; the measures by ``"<workload>/<contender>"``, in the order taken.
+
+    Each round starts one contender later than the one before, as the auth rounds do, so that each contender
+    runs once in each place of a round: a drift within rounds cannot favour one.
+    """
+    measures: dict[str, list[Measure]] = {}
+    contenders = list(CONTENDERS)
+    for run in range(1, RUNS + 1):
+        shift = (run - 1) % len(contenders)
+        for contender in contenders[shift:] + contenders[:shift]:
+            with serving(contender, nats_url, cpu, work, f"{contender}-{run}") as server:
+                for workload in WORKLOADS:
+                    log(f"run {run} of {RUNS}, {CONTENDERS[contender]}, {workload.name}")
+                    if server is None:
+                        measure = run_bare_publisher(nats_url, workload.in_flight, warmup_s, duration_s, cpu, work)
+                    else:
+                        pid, port = server
+                        tag = f"r{run}{contender}{workload.batch}-{time.time_ns()}"
+                        measure = uvloop.run(drive(port, pid, workload, warmup_s, duration_s, tag))
+                    log(f"  {measure.per_cpu_s:,.0f} readings / CPU s")
+                    measures.setdefault(f"{workload.name}/{contender}", []).append(measure)
+    return measures
 
 
 def auth_runs(nats_url: str, cpu: int, work: Path, warmup_s: float, duration_s: float) -> dict[str, list[Measure]]:
@@ -316,19 +234,24 @@ def auth_runs(nats_url: str, cpu: int, work: Path, warmup_s: float, duration_s: 
     return measures
 
 
+async def create_stream(nats_url: str) -> None:
+    """The ingest's stream, as the ingest service creates it at start-up: a reference may run before any ingest."""
+    nc = await nats.connect(nats_url)
+    try:
+        settings = Settings(nats_urls=[nats_url], stream_name=STREAM, subject_prefix=PREFIX)
+        await nc.jetstream().add_stream(desired_stream(settings))
+    finally:
+        await nc.close()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.ingest", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="short windows (about a minute in all)")
+    parser.add_argument("--quick", action="store_true", help="short windows, to try the harness (about 2 min in all)")
     parser.add_argument(
         "--only", default=",".join(PARTS), help=f"comma separated, of {', '.join(PARTS)} (default: both)"
     )
-    parser.add_argument("--ceiling", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--json", type=Path, default=None, help="also write the table and every row here")
     args = parser.parse_args()
-    if args.ceiling:
-        url, in_flight, warmup_s, duration_s, tag = args.ceiling
-        measure = uvloop.run(ceiling(url, int(in_flight), float(warmup_s), float(duration_s), tag))
-        print(json.dumps(measure.__dict__), flush=True)
-        return 0
     only = {name.strip() for name in args.only.split(",") if name.strip()}
     if only - set(PARTS):
         parser.error(f"unknown parts: {', '.join(sorted(only - set(PARTS)))}")
@@ -339,7 +262,7 @@ def main() -> int:
         raise SystemExit("bench.ingest needs two CPUs: one for the measured process, one for the load")
     server_cpu, load_cpu, nats_cpus = cpus[0], cpus[1], set(cpus[2:]) or {cpus[1]}
     os.sched_setaffinity(0, {load_cpu})
-    rows: list[tuple[Workload, Measure, Measure]] = []
+    references: dict[str, list[Measure]] = {}
     auth: dict[str, list[Measure]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
         work = Path(tmp)
@@ -351,48 +274,106 @@ def main() -> int:
         try:
             assert server.process is not None
             set_affinity(server.process.pid, nats_cpus)
+            uvloop.run(create_stream(server.url))
             if "ceiling" in only:
-                ingest, port = start_ingest(server.url, server_cpu, work, "ceiling")
-                try:
-                    for workload in WORKLOADS:
-                        in_flight = workload.clients * workload.batch
-                        log(f"ceiling, {in_flight} in flight")
-                        reference = run_ceiling(server.url, in_flight, warmup_s, duration_s, server_cpu, work)
-                        log(f"ingest, {workload.name}")
-                        tag = f"w{workload.batch}-{time.time_ns()}"
-                        measure = uvloop.run(drive(port, ingest.pid, workload, warmup_s, duration_s, tag))
-                        rows.append((workload, measure, reference))
-                finally:
-                    stop_process(ingest)
+                references = reference_runs(server.url, server_cpu, work, warmup_s, duration_s)
             if "auth" in only:
                 auth = auth_runs(server.url, server_cpu, work, warmup_s, duration_s)
         finally:
             server.stop()
-    print(table(rows, auth, args.quick))
+    report = Report()
+    reference_rows(report, references)
+    auth_rows(report, auth)
+    report.note(
+        f"windows of {duration_s:g} s after {warmup_s:g} s of warm-up; CPU from /proc/PID/stat; one CPU each side"
+    )
+    if args.quick:
+        report.note("--quick: short windows to test the harness; the figures are not the benchmark's")
+    text = report.render()
+    print(text)
+    if args.json is not None:
+        rows = [dataclasses.asdict(row) for row in report.rows]
+        args.json.write_text(json.dumps({"table": text, "rows": rows}, indent=2))
     return 0
 
 
-def table(rows: list[tuple[Workload, Measure, Measure]], auth: dict[str, list[Measure]], quick: bool) -> str:
-    """workload, figure, reference, ratio, target; then how the figures were taken."""
-    lines = [("workload", "figure (acked readings / ingest CPU s)", "reference", "ratio", "target")]
-    notes = []
-    for workload, measure, reference in rows:
-        ratio = measure.per_cpu_s / reference.per_cpu_s
-        target = f">= {TARGET:.0%} {'PASS' if ratio >= TARGET else 'FAIL'}" if workload.batch > 1 else "(report)"
-        lines.append(
-            (
-                workload.name,
-                f"{measure.per_cpu_s:,.0f}",
-                f"bare nats-py loop {reference.per_cpu_s:,.0f} ({workload.clients * workload.batch} in flight)",
-                f"{ratio:.0%}",
-                target,
+def readings_per_cpu_s(value: float) -> str:
+    """The figure of every row: acknowledged readings per CPU second of the measured process."""
+    return f"{value:,.0f} readings/CPU s"
+
+
+def median_of(runs: list[Measure]) -> float:
+    """The median figure of a contender's runs (NaN without any)."""
+    return statistics.median(m.per_cpu_s for m in runs) if runs else float("nan")
+
+
+def reference_rows(report: Report, measures: dict[str, list[Measure]]) -> None:
+    """Part ``ceiling``: per workload, the ingest against its goal's contender (ratio, PASS or FAIL), then against
+    the other (reported); notes with every run, and what HTTP costs per request."""
+    for workload in WORKLOADS:
+        runs = {contender: measures.get(f"{workload.name}/{contender}", []) for contender in CONTENDERS}
+        if not any(runs.values()):
+            continue
+        ingest = median_of(runs["ingest"])
+        against, share = GOALS[workload]
+        # Against the bare publisher too (what all of it costs); not batches against the HTTP ceiling, whose
+        # message per request makes readings per CPU second meaningless: its cost per request is in the notes.
+        for contender in (against, *(["bare"] if against != "bare" else [])):
+            reference = median_of(runs[contender])
+            how = f"{workload.in_flight} in flight" if contender == "bare" else "a message per request"
+            row = Row(
+                f"{workload.name}: ingest vs {CONTENDERS[contender]}",
+                readings_per_cpu_s(ingest),
+                f"{CONTENDERS[contender]} {reference:,.0f} ({how})",
+                times(ingest, reference),
             )
+            if contender == against:
+                row.target = f"≥ {share:g}x {CONTENDERS[contender]}"
+                complete = all(len(r) == RUNS for r in runs.values())
+                row.ok = complete and ingest >= share * reference
+            report.add(row)
+        figures = "; ".join(f"{CONTENDERS[c]} " + " / ".join(f"{m.per_cpu_s:,.0f}" for m in r) for c, r in runs.items())
+        report.note(f"{workload.name}: readings / CPU s per run, {figures} (medians of {RUNS} compared)")
+        rates = "; ".join(
+            f"{CONTENDERS[c]} {statistics.median(m.readings / m.wall_s for m in r):,.0f} readings/s at "
+            f"{statistics.median(m.cpu_s / m.wall_s for m in r):.0%} of its CPU"
+            for c, r in runs.items()
+            if r
         )
-        notes.append(
-            f"{workload.name}: ingest {measure.readings / measure.wall_s:,.0f} readings/s at "
-            f"{measure.cpu_s / measure.wall_s:.0%} of its CPU; ceiling {reference.readings / reference.wall_s:,.0f}/s "
-            f"at {reference.cpu_s / reference.wall_s:.0%}"
+        report.note(f"{workload.name}: medians of the runs, {rates}")
+        per_request = ", ".join(
+            f"{CONTENDERS[c]} {1e6 * workload.batch / median_of(r):,.1f}" for c, r in runs.items() if r
         )
+        report.note(
+            f"{workload.name}: CPU µs per request of {workload.batch}, {per_request} (the bare publisher's for as "
+            "many messages, without HTTP; the HTTP ceiling stores one message per request, whatever it holds)"
+        )
+    disturbance_note(report, measures, CONTENDERS)
+    if measures:
+        report.note(
+            f"{RUNS} rounds of ingest, HTTP ceiling and bare publisher, each round starting one later, each a fresh "
+            "process (bench/README.md, section 7)"
+        )
+
+
+def disturbance_note(report: Report, measures: dict[str, list[Measure]], names: dict[str, str], part: str = "") -> None:
+    """How many runs shared the measured CPU with other work (interrupts, processes this run did not start)."""
+    runs = [(key.split("/")[1], m) for key, measured in measures.items() for m in measured]
+    disturbed = [(name, m.other_s) for name, m in runs if m.disturbed]
+    if disturbed:
+        counts = ", ".join(
+            f"{names[n]} {sum(1 for d, _ in disturbed if d == n)}" for n in names if n in dict(disturbed)
+        )
+        seconds = [other for _, other in disturbed]
+        report.note(
+            f"{part}the measured CPU also ran other work (interrupts, or processes this run did not start) during "
+            f"{len(disturbed)} of {len(runs)} windows ({counts}; {min(seconds):.1f}-{max(seconds):.1f} s of CPU "
+            "each): figures may be disturbed"
+        )
+
+
+def auth_rows(report: Report, auth: dict[str, list[Measure]]) -> None:
+    """Part ``auth``: per workload and credential, auth on's median against auth off's (section 8)."""
     for workload in WORKLOADS:
         off = auth.get(f"{workload.name}/off", [])
         for variant in ("token", "apikey"):
@@ -401,13 +382,14 @@ def table(rows: list[tuple[Workload, Measure, Measure]], auth: dict[str, list[Me
                 continue
             # Compared as CPU per reading (a cost, as in bench.run), shown as readings per CPU second.
             cost = Comparison([m.cpu_per_reading for m in off], [m.cpu_per_reading for m in on])
-            lines.append(
-                (
+            report.add(
+                Row(
                     f"auth, {workload.name}: auth on, {AUTH_VARIANTS[variant]}",
-                    f"{1 / cost.on_median:,.0f}",
+                    readings_per_cpu_s(1 / cost.on_median),
                     f"auth off {1 / cost.off_median:,.0f}",
                     f"{cost.ratio:.3f}x CPU/reading",
-                    f"<= {AUTH_TARGET:g}x auth off {'PASS' if cost.ok else 'FAIL'}",
+                    f"≤ {AUTH_TARGET:g}x auth off",
+                    cost.ok,
                 )
             )
         if off:
@@ -416,19 +398,13 @@ def table(rows: list[tuple[Workload, Measure, Measure]], auth: dict[str, list[Me
                 + " / ".join(f"{m.per_cpu_s:,.0f}" for m in auth.get(f"{workload.name}/{variant}", []))
                 for variant in AUTH_VARIANTS
             )
-            notes.append(f"auth, {workload.name}: readings / CPU s per run, {runs} (medians of {RUNS} compared)")
-    widths = [max(len(line[column]) for line in lines) for column in range(5)]
-    text = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip() for line in lines]
-    text.insert(1, "  ".join("-" * width for width in widths))
-    text.append("")
-    text.extend(f"* {note}" for note in notes)
-    text.append(f"* windows of {'2' if quick else '15'} s after a warm-up; CPU from /proc/PID/stat; one CPU each side")
+            report.note(f"auth, {workload.name}: readings / CPU s per run, {runs} (medians of {RUNS} compared)")
+    disturbance_note(report, auth, AUTH_VARIANTS, "auth, ")
     if auth:
-        text.append(
-            f"* auth: {RUNS} rounds of off, token and API key, each round starting one later, a fresh ingest service "
+        report.note(
+            f"auth: {RUNS} rounds of off, token and API key, each round starting one later, a fresh ingest service "
             f"each; publish pattern {PUBLISH_PATTERN}, one credential per client"
         )
-    return "\n".join(text)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+INTERFERENCE = 0.25  # other work on the server CPU, as a share of the server's own, worth a note
 PR_SET_PDEATHSIG = 1
 STOP_TIMEOUT_S = 10.0
 
@@ -92,6 +93,12 @@ def cpu_busy_s(cpu: int) -> float:
             user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in line.split()[1:9])
             return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS_PER_S
     raise ChildError(f"no cpu{cpu} in /proc/stat")
+
+
+def pinned_cpu(pid: int) -> int | None:
+    """The one CPU a process may run on (``taskset -c N``), or None when it may run on several."""
+    cpus = os.sched_getaffinity(pid)
+    return next(iter(cpus)) if len(cpus) == 1 else None
 
 
 def proc_memory_kb(pid: int, name: str = "VmRSS") -> int:

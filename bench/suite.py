@@ -17,6 +17,7 @@ from bench.auth import AUTH_TARGET, RUNS, Comparison, auth_settings, bearer, new
 from bench.fanout import FAN_PATTERN, FanoutResult, Publisher, Regime, fanout
 from bench.page import RATE_PER_S, TOPICS, missing, page, page_notes, page_rows
 from bench.paint import paint, paint_notes, paint_rows
+from bench.procs import INTERFERENCE
 from bench.report import Report, Row, times, us
 from bench.storm import post_history, storm
 from bench.stuck import GONE_WITHIN_S, stuck
@@ -34,7 +35,6 @@ AUTH_REGIMES: list[Regime] = ["lockstep"]
 SLOW = {"fastapi"}  # lockstep would take minutes more; spaced and burst are its defined workloads
 SPACED_TARGET, BURST_TARGET, STARLETTE_SHARE = 1.5, 0.5, 1 / 3
 LOAD_SATURATED = 0.85
-INTERFERENCE = 0.25  # other work on the server CPU, as a share of the server's own, worth a note
 MEMORY_TARGET_KB, P99_TARGET_MS, REPLAY_TARGET_PER_S = 15.0, 50.0, 100_000
 STUCK_RSS_MARGIN_MIB = 64  # what a stuck-clients run may grow beyond the pending budget (bench/README.md)
 MIB = 1 << 20
