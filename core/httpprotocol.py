@@ -35,9 +35,11 @@ from http import HTTPStatus
 from typing import Any, ClassVar
 
 import structlog
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from core.errors import ApiError
+from core.lean import LeanEvent, LeanPipeline
 from core.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -51,6 +53,9 @@ INIT_ATTRIBUTES: tuple[tuple[type, str], ...] = (
     (HttpToolsProtocol, "pipeline"),
     (HttpToolsProtocol, "cycle"),
     (HttpToolsProtocol, "server_state"),
+    (HttpToolsProtocol, "flow"),
+    (FlowControl, "_is_writable_event"),
+    (RequestResponseCycle, "message_event"),
     (RequestResponseCycle, "response_started"),
     (RequestResponseCycle, "chunked_encoding"),
     (RequestResponseCycle, "response_complete"),
@@ -130,6 +135,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.pipeline = LeanPipeline()  # type: ignore[assignment]  # memory: see core/lean.py
         self._timer: asyncio.TimerHandle | None = None  # the head timeout, or the end of a lingering close
         self._in_head = True  # the next bytes belong to a request head (no body is being received)
         self._head_bytes = 0  # of the head in progress
@@ -140,6 +146,8 @@ class LimitedHttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        flow = self.flow  # made just now: nothing waits on its event yet (memory: see core/lean.py)
+        flow._is_writable_event = LeanEvent(flow._is_writable_event.is_set())  # type: ignore[assignment]
         self._arm(self.limits.head_timeout_s, self._head_timed_out)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -184,7 +192,11 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._heads += 1
         self._in_head = False
         self._disarm()
+        existing = self.cycle
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle is not existing:  # made just now: its task has not run (see core/lean.py)
+            cycle.message_event = LeanEvent(cycle.message_event.is_set())  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
         super().on_message_complete()

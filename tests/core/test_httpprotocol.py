@@ -24,6 +24,7 @@ from uvicorn.server import ServerState
 from core import httpprotocol
 from core.frontroutes import FrontRoutedApp
 from core.httpprotocol import HttpLimits, LimitedHttpProtocol, missing_internals, protocol_class
+from core.lean import LeanEvent, LeanPipeline
 from core.serve import server_config
 from core.settings import Settings
 from ingest.app import create_app as create_ingest
@@ -272,3 +273,16 @@ async def test_an_open_connection_keeps_its_attributes_in_the_class_shared_dict_
     assert isinstance(protocol, LimitedHttpProtocol)
     assert not set(LimitedHttpProtocol.__slots__) & set(vars(protocol))
     assert len(vars(protocol)) <= 30, sorted(vars(protocol))
+    ours, theirs = socket.socketpair()
+    with theirs:
+        transport, _ = await asyncio.get_running_loop().connect_accepted_socket(lambda: protocol, ours)
+        theirs.setblocking(False)
+        loop = asyncio.get_running_loop()
+        await loop.sock_sendall(theirs, b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = await asyncio.wait_for(loop.sock_recv(theirs, 4096), 10)
+        assert answer.startswith(b"HTTP/1.1 404") and protocol.cycle is not None
+        # No asyncio.Event or deque (a 64-slot block each, about 860 bytes) for as long as a stream is open.
+        assert isinstance(protocol.pipeline, LeanPipeline)
+        assert isinstance(protocol.flow._is_writable_event, LeanEvent)
+        assert isinstance(protocol.cycle.message_event, LeanEvent)
+        transport.close()

@@ -1,11 +1,11 @@
-"""LeanEvent behaves as asyncio.Event does where the stream uses it (a replay waiting for its client to drain)."""
+"""LeanEvent and LeanPipeline behave as asyncio.Event and deque do where uvicorn and the stream use them."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 
-from core.lean import LeanEvent
+from core.lean import LeanEvent, LeanPipeline
 
 
 async def test_wait_returns_at_once_when_set_and_waits_after_clear() -> None:
@@ -30,3 +30,15 @@ async def test_set_wakes_every_waiter_and_a_cancelled_one_is_forgotten() -> None
     event.set()
     assert await asyncio.gather(*waiters[1:]) == [True, True]
     assert not event._waiters  # nothing left behind to hold
+
+
+def test_a_lean_event_may_start_set() -> None:
+    assert LeanEvent(True).is_set() and not LeanEvent().is_set()
+
+
+def test_the_lean_pipeline_is_first_in_first_out_as_uvicorn_uses_its_deque() -> None:
+    pipeline = LeanPipeline()
+    assert not pipeline
+    pipeline.appendleft("first")
+    pipeline.appendleft("second")
+    assert pipeline and pipeline.pop() == "first" and pipeline.pop() == "second"
