@@ -17,6 +17,8 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
+from telemetry.processes import stop_process as stop_within
+
 CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 INTERFERENCE = 0.25  # other work on the server CPU, as a share of the server's own, worth a note
 PR_SET_PDEATHSIG = 1
@@ -68,14 +70,7 @@ def die_with_parent() -> None:
 
 def stop_process(process: subprocess.Popen[bytes]) -> None:
     """SIGTERM, then SIGKILL after a grace period; always reaped."""
-    if process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    stop_within(process, STOP_TIMEOUT_S)
 
 
 def proc_cpu_s(pid: int) -> float:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import httpx
 
+from telemetry.processes import stop_process
+
 READY_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0
 
@@ -119,11 +121,5 @@ class LocalNatsServer:
 
     def stop(self) -> None:
         """Terminate the server (it flushes JetStream on SIGTERM) and reap it; kill it if it hangs."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process is not None:
+            stop_process(self.process, STOP_TIMEOUT_S)

@@ -14,6 +14,8 @@ import yaml
 from support.monitoring import PROMETHEUS, installed
 from support.net import READY_DEADLINE_S, free_port
 
+from telemetry.processes import stop_process
+
 SCRAPE_INTERVAL = "1s"
 STOP_TIMEOUT_S = 10.0
 
@@ -93,12 +95,7 @@ async def running_prometheus(
             await prometheus.value_becomes("count(up == 1)", len(targets))
             yield prometheus
     finally:
-        process.terminate()
-        try:
-            process.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, STOP_TIMEOUT_S)
 
 
 def start(config_file: Path, data: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
