@@ -165,6 +165,15 @@ class Settings(BaseSettings):
     max_replay: int = Field(
         default=100_000, gt=0, description="Most stream sequences one resume replays; beyond it 'reset' says where."
     )
+    live_feed_max_filters: int = Field(
+        default=256,
+        ge=1,
+        le=1024,
+        description=(
+            "Most filter subjects of a stream process's live JetStream consumer: it carries only what its streams "
+            "follow, whole sites past this, then everything."
+        ),
+    )
     max_concurrent_replays: int = Field(
         default=64, gt=0, description="Replays and snapshots run at once; others wait their turn."
     )

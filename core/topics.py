@@ -91,6 +91,14 @@ class Pattern:
             for mine, theirs in zip(self._positions(), other._positions(), strict=True)
         )
 
+    def canonical(self) -> Pattern:
+        """The same pattern written one way: trailing ``*`` tokens as one ``>`` (``s.*.*`` and ``s.>`` match alike)."""
+        positions = self._positions()
+        literal = len(positions)
+        while literal and positions[literal - 1] == ONE_TOKEN:
+            literal -= 1
+        return Pattern(positions if literal == len(positions) else (*positions[:literal], REST))
+
     def _positions(self) -> tuple[str, ...]:
         """One literal or ``*`` per topic token: a final ``>`` stands for ``*`` up to the third token."""
         if self.tokens[-1] != REST:

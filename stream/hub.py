@@ -1,9 +1,14 @@
-"""The hub: one upstream JetStream subscription per process, routed to every matching connection.
+"""The hub: one upstream JetStream consumer per process, routed to every matching connection.
 
+The consumer carries what the process's connections follow (stream/interest.py), none while none is open.
 Each reading is encoded to its SSE frame once, and the same bytes go to every subscriber. The hub
 knows the last stream sequence it dispatched (``last_seq``): every reading up to it has been handed
 to the connections registered at the time, every later one will be, which is what a resuming
 connection's replay needs to meet the live feed exactly.
+
+A connection following something the consumer does not carry waits: the hub makes the consumer again with
+filters that carry it, from ``last_seq`` on (nothing delivered meanwhile, so no reading is missed or sent
+twice), and the connection's replay, if it has one, goes up to that point.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from datetime import datetime
 
 import nats.errors
 import structlog
@@ -23,13 +29,16 @@ from core.topics import Subjects
 from stream.connection import Connection
 from stream.fastwrite import chunk
 from stream.index import PatternIndex
+from stream.interest import Interest
 from stream.limits import jittered
 from stream.metrics import StreamMetrics
-from stream.upstream import OrderedFeed
+from stream.upstream import OrderedFeed, open_wire
 
 log = structlog.get_logger(__name__)
 
 START_RETRY_S = 0.5
+# Interest gone is dropped from the consumer's filters this long after (a dashboard reloading comes straight back).
+SHRINK_AFTER_S = 10.0
 # Frame bytes handed to connections before the routing lets their writes go out: each connection's write
 # of one turn joins what it got in the turn, so this bounds what a backlog makes the writes of a turn hold.
 YIELD_EVERY_BYTES = 32 << 20
@@ -48,6 +57,7 @@ class Hub:
         self.metrics = metrics
         self.subjects = Subjects(link.settings.subject_prefix)
         self.index: PatternIndex[Connection] = PatternIndex()
+        self.interest = Interest(link.settings.live_feed_max_filters)
         self.connections: set[Connection] = set()
         self.last_seq = 0
         self.ready = asyncio.Event()
@@ -55,10 +65,13 @@ class Hub:
         self.events_sent = 0
         self.upstream_pending = 0  # the live consumer's pending count at its last delivery: a plain store per event
         metrics.upstream_pending.set_function(lambda: self.upstream_pending)
-        metrics.live_feed_connected.set_function(lambda: int(self._feed is not None and self._feed.connected))
+        metrics.live_feed_connected.set_function(self._live_feed_connected)
+        metrics.live_feed_filters.set_function(lambda: len(self.interest.filters) if self._feed is not None else 0)
         self._dirty: list[Connection] = []
         self._since_yield = 0
         self._feed: OrderedFeed | None = None
+        self._joining: dict[Connection, asyncio.Future[int]] = {}  # connections waiting for the filters to carry them
+        self._wake = asyncio.Event()  # a connection waits for the filters, or interest went
         self._start_error: str | None = None  # why the live feed did not start last time, for /readyz
         self._advisories: Subscription | None = None
         self._task: asyncio.Task[None] | None = None
@@ -74,6 +87,8 @@ class Hub:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        for joined in self._joining.values():
+            joined.cancel()
         if self._feed is not None:
             await self._feed.close()
         if self._advisories is not None:
@@ -82,12 +97,21 @@ class Hub:
         for connection in list(self.connections):
             connection.close()
 
-    def add(self, connection: Connection) -> int:
-        """Register a connection; returns ``last_seq``: later readings reach it through the live feed."""
+    def add(self, connection: Connection) -> int | asyncio.Future[int]:
+        """Register a connection: the stream sequence after which readings reach it through the live feed, or a future
+        of it when the feed's filters must change first (readings come only once it is resolved)."""
         self.connections.add(connection)
+        if self.interest.add(connection.patterns) and self._feed is not None:
+            self._route(connection)
+            return self.last_seq
+        joined = asyncio.get_running_loop().create_future()
+        self._joining[connection] = joined
+        self._wake.set()
+        return joined
+
+    def _route(self, connection: Connection) -> None:
         for pattern in connection.patterns:
             self.index.add(pattern, connection)
-        return self.last_seq
 
     def mark_dirty(self, connection: Connection) -> None:
         """A connection has frames to write: write them once this loop turn's events are all routed."""
@@ -110,42 +134,130 @@ class Hub:
 
     def remove(self, connection: Connection) -> None:
         """Unregister a connection that has ended."""
+        if connection not in self.connections:
+            return
         self.connections.discard(connection)
+        self.interest.remove(connection.patterns)
+        if self.interest.shrinkable:
+            self._wake.set()
+        joined = self._joining.pop(connection, None)
+        if joined is not None:
+            joined.cancel()
+            return
         for pattern in connection.patterns:
             self.index.remove(pattern, connection)
 
     async def _run(self) -> None:
+        """Find where the stream is, then keep the live consumer's filters on what the connections follow."""
         settings = self.link.settings
         while True:
             await self.link.stream_confirmed.wait()
-            assert self.link.nc is not None and self.link.js is not None and self.link.security is not None
+            assert self.link.js is not None
             try:
                 info = await self.link.js.stream_info(settings.stream_name)
-                self.last_seq = info.state.last_seq
                 await self._watch_stream_creation()
-                self._feed = OrderedFeed(
-                    self.link.nc,
-                    self.link.js,
-                    stream=settings.stream_name,
-                    filters=[self.subjects.all],
-                    start_seq=self.last_seq + 1,
-                    handler=self._on_live,
-                    connect_timeout_s=settings.nats_connect_timeout_s,
-                    security=self.link.security,
-                    name="live",
-                    on_recreated=self._on_stream_recreated,
-                    stream_created=info.created,
-                    on_reset=self.metrics.live_feed_resets.inc,
-                )
-                await self._feed.start()
+                await self._check_wire()
             except (TimeoutError, nats.errors.Error) as err:
                 self._start_error = str(err) or repr(err)
                 log.warning("live_feed_start_failed", error=self._start_error)
                 await asyncio.sleep(START_RETRY_S)
                 continue
-            log.info("live_feed_started", stream=settings.stream_name, after_seq=self.last_seq)
-            self.ready.set()
+            break
+        self.last_seq = info.state.last_seq
+        log.info("live_feed_ready", stream=settings.stream_name, after_seq=self.last_seq)
+        self.ready.set()
+        await self._follow_interest()
+
+    async def _check_wire(self) -> None:
+        """Open and close a connection of the live feed's kind once: what stops it (TLS, credentials) shows in
+        /readyz as the service starts, not later, as a stream waits for a consumer that cannot be made."""
+        assert self.link.nc is not None and self.link.security is not None
+        settings = self.link.settings
+        probe = await open_wire(
+            self.link.nc, self.link.nc.new_inbox(), "live", settings.nats_connect_timeout_s, self.link.security
+        )
+        probe.close()
+
+    async def _follow_interest(self) -> None:
+        """Change the consumer's filters at once for connections it does not carry, and ``SHRINK_AFTER_S`` after
+        interest went (one change at a time: connections that come meanwhile are carried by the next one)."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if not self._joining:  # interest went: it may come back soon, unless a connection waits meanwhile
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(SHRINK_AFTER_S):
+                        while not self._joining:
+                            await self._wake.wait()
+                            self._wake.clear()
+            try:
+                await self._refilter()
+            except (TimeoutError, nats.errors.Error) as err:
+                log.warning("live_feed_filters_not_changed", error=str(err) or repr(err))
+                await asyncio.sleep(START_RETRY_S)
+                self._wake.set()
+
+    async def _refilter(self) -> None:
+        """Make the live consumer again with the filters the connections call for now; close it when none is left."""
+        assert self.link.js is not None
+        if not self.interest.counts:
+            await self._close_feed()
             return
+        info = await self.link.js.stream_info(self.link.settings.stream_name)
+        if self._feed is not None:
+            await self._feed.settled()
+        # Nothing suspends from here on: the filters, the sequence they start after and the connections they carry
+        # are one decision.
+        filters = self.interest.wanted()
+        changed = self._feed is None or filters != self.interest.filters
+        if self._feed is None:
+            self.last_seq = info.state.last_seq
+            self._feed = self._new_feed([self.subjects.for_pattern(pattern) for pattern in filters], info.created)
+            self._feed.follow()
+        elif changed:
+            self._feed.change_filters([self.subjects.for_pattern(pattern) for pattern in filters])
+        self.interest.use(filters)
+        joining, self._joining = self._joining, {}
+        for connection, joined in joining.items():
+            if not connection.replaying:  # a live stream starts now: nothing stored before it opened
+                connection.last_seq = max(connection.last_seq, info.state.last_seq)
+            self._route(connection)
+            joined.set_result(self.last_seq)
+        if changed:
+            self.metrics.live_feed_filter_changes.inc()
+            log.info("live_feed_filters_changed", filters=len(filters), joined=len(joining), after_seq=self.last_seq)
+
+    async def _close_feed(self) -> None:
+        """No connection is left: nothing is consumed until one comes (it starts a new consumer at the stream's end)."""
+        if self._feed is None:
+            return
+        feed, self._feed = self._feed, None
+        self.interest.use([])
+        self.metrics.live_feed_filter_changes.inc()
+        log.info("live_feed_closed", after_seq=self.last_seq)
+        await feed.close()
+
+    def _new_feed(self, filters: list[str], stream_created: datetime | None) -> OrderedFeed:
+        link, settings = self.link, self.link.settings
+        assert link.nc is not None and link.js is not None and link.security is not None
+        return OrderedFeed(
+            link.nc,
+            link.js,
+            stream=settings.stream_name,
+            filters=filters,
+            start_seq=self.last_seq + 1,
+            handler=self._on_live,
+            connect_timeout_s=settings.nats_connect_timeout_s,
+            security=link.security,
+            name="live",
+            on_recreated=self._on_stream_recreated,
+            stream_created=stream_created,
+            on_reset=self.metrics.live_feed_resets.inc,
+        )
+
+    def _live_feed_connected(self) -> int:
+        """The feed delivers, or none is needed and NATS is there to make one."""
+        return int(self.link.connected if self._feed is None else self._feed.connected)
 
     async def _watch_stream_creation(self) -> None:
         """JetStream announces a created stream: a deleted and recreated one is followed at once, not only

@@ -108,13 +108,24 @@ class StreamMetrics:
         )
         self.live_feed_connected = Gauge(
             "telemetry_stream_live_feed_connected",
-            "1 while the live feed's own NATS connection and consumer deliver, 0 before it starts and while it is made "
-            "again.",
+            "1 while the live feed's own NATS connection and consumer deliver (or none is needed and NATS is "
+            "connected), 0 before it starts and while it is made again.",
             registry=self.registry,
         )
         self.live_feed_resets = Counter(
             "telemetry_stream_live_feed_resets",
             "Times the live feed's consumer was made again (a gap, missed heartbeats, a lost connection, a reconnect).",
+            registry=self.registry,
+        )
+        self.live_feed_filters = Gauge(
+            "telemetry_stream_live_feed_filters",
+            "Filter subjects of the live feed's consumer: what the process's streams follow (0: none is open).",
+            registry=self.registry,
+        )
+        self.live_feed_filter_changes = Counter(
+            "telemetry_stream_live_feed_filter_changes",
+            "Times the live feed's consumer was made again for other filters (a stream following more, or fewer "
+            "streams), or closed as the last stream ended.",
             registry=self.registry,
         )
         self.upstream_pending = Gauge(

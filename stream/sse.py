@@ -145,7 +145,7 @@ class EventStream:
         reset = plan.reset_frame() if plan is not None else None
         if reset is not None:
             connection.push(reset)
-        live_from = hub.add(connection)
+        joined = hub.add(connection)
         if self.admission.draining:  # it began during the resume plan, after this stream was admitted
             self._shut(connection)
         metrics.connections.inc()
@@ -156,6 +156,8 @@ class EventStream:
         replaying: asyncio.Task[None] | None = None
         client_left = False
         try:
+            # The head goes out once the live feed carries the stream: a client that has it misses no later reading.
+            live_from = joined if isinstance(joined, int) else await joined
             await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
             if connection.replaying:
                 replaying = asyncio.create_task(self._catch_up(connection, request.snapshot, plan, live_from))

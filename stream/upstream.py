@@ -64,6 +64,17 @@ def header_fields(block: bytes) -> dict[bytes, bytes]:
     return fields
 
 
+async def open_wire(
+    nc: NATS, inbox: str, name: str, connect_timeout_s: float, security: NatsSecurity
+) -> WireSubscriber:
+    """A subscription to ``inbox`` on a connection of its own to the server ``nc`` is connected to, named after it."""
+    url = nc.connected_url
+    if url is None or not nc.is_connected:
+        raise WireError("not connected to NATS")
+    async with asyncio.timeout(connect_timeout_s):
+        return await WireSubscriber.open(url, inbox, name=f"{nc.options['name']}-{name}", security=security)
+
+
 class OrderedFeed:
     """Delivers a stream's messages from ``start_seq`` on, in order, exactly once, across resets."""
 
@@ -178,13 +189,8 @@ class OrderedFeed:
         self._consumer_seq = 0
         if self._on_recreated is not None:
             await self._check_incarnation(self._on_recreated)
-        url = self._nc.connected_url
-        if url is None or not self._nc.is_connected:
-            raise WireError("not connected to NATS")
         inbox = self._nc.new_inbox()
-        async with asyncio.timeout(self._connect_timeout_s):
-            name = f"{self._nc.options['name']}-{self._name}"
-            sub = await WireSubscriber.open(url, inbox, name=name, security=self._security)
+        sub = await open_wire(self._nc, inbox, self._name, self._connect_timeout_s, self._security)
         self._sub = sub
         self._reader = asyncio.create_task(self._read(sub), name=f"{self._name}-reader")
         info = await self._js.add_consumer(self._stream, self._config(inbox))
@@ -235,6 +241,29 @@ class OrderedFeed:
         """Recreate the consumer from ``next_seq`` now (after a reconnect the server may have lost it)."""
         self._reset(reason)
 
+    def follow(self) -> None:
+        """Create the consumer in the background, retrying until it is made (the live feed's start: a feed that
+        gives up would leave its streams without readings; ``start`` is for replays, which fail instead)."""
+        self._monitor = asyncio.create_task(self._watch_heartbeats(), name=f"{self._name}-heartbeats")
+        self._recreate_now()
+
+    def change_filters(self, filters: list[str]) -> None:
+        """Deliver what ``filters`` match from ``next_seq`` on: nothing more comes from the current consumer from now
+        on, and one with these filters is made in the background.
+
+        Made again rather than updated in place: a new consumer starts exactly at ``next_seq``, where an update
+        would take effect wherever the server's consumer happened to be, and messages already on their way would
+        not say which filters they were sent for. Call it once ``settled``: a reset under way could make its
+        consumer with the old filters."""
+        assert not self._starting and (self._resetting is None or self._resetting.done())
+        self._filters = filters
+        self._recreate_now()
+
+    async def settled(self) -> None:
+        """Wait until no consumer is being made (returns at once when none is; never cancels the making)."""
+        if self._resetting is not None and not self._resetting.done():
+            await asyncio.wait([self._resetting])
+
     def _reset(self, reason: str) -> None:
         """Recreate the consumer from ``next_seq``, once at a time, retrying until it works."""
         if self._closed or (self._resetting is not None and not self._resetting.done()):
@@ -245,6 +274,9 @@ class OrderedFeed:
         log.info("feed_reset", feed=self._name, reason=reason, next_seq=self.next_seq)
         if self._on_reset is not None:
             self._on_reset()
+        self._recreate_now()
+
+    def _recreate_now(self) -> None:
         reader, consumer = self._detach()  # nothing more from the old subscription, from now on
         self._resetting = asyncio.create_task(self._recreate(reader, consumer), name=f"{self._name}-reset")
 

@@ -216,6 +216,7 @@ Integers go through int64: Helm reads numbers as floats and would print 10737418
   "TELEMETRY_RETRY_MS" (toString (int64 $t.sse.retryMs))
   "TELEMETRY_MAX_PATTERNS" (toString (int64 $t.sse.maxPatterns))
   "TELEMETRY_MAX_REPLAY" (toString (int64 $t.sse.maxReplay))
+  "TELEMETRY_LIVE_FEED_MAX_FILTERS" (toString (int64 $t.sse.liveFeedMaxFilters))
   "TELEMETRY_MAX_CONCURRENT_REPLAYS" (toString (int64 $t.sse.maxConcurrentReplays))
   "TELEMETRY_MAX_SNAPSHOT_TOPICS" (toString (int64 $t.sse.maxSnapshotTopics))
   "TELEMETRY_MAX_RATE_PER_S" (toString $t.sse.maxRatePerS)
