@@ -63,11 +63,11 @@ faults: $(STAMP) ## The cluster fault tests at length: each kills and restarts a
 
 BENCH_STAMP := $(VENV)/.installed-bench
 
-bench: $(BENCH_STAMP) ## The benchmarks of bench/README.md against reference servers, one table (about 28 min)
+bench: $(BENCH_STAMP) ## The benchmarks of bench/README.md against reference servers, one table (about 32 min)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 	$(BIN)/python -m bench.ingest
 
-bench-quick: $(BENCH_STAMP) ## The same with small numbers, to try the harness (about 3.5 min)
+bench-quick: $(BENCH_STAMP) ## The same with small numbers, to try the harness (about 4 min)
 	$(BIN)/python -m bench.run --quick $(BENCH_ARGS)
 	$(BIN)/python -m bench.ingest --quick
 

@@ -1,4 +1,4 @@
-"""``python -m bench.run``: fan-out, idle memory, latency, replay, first paint, page, reconnect storm, stuck, auth.
+"""``python -m bench.run``: fan-out, idle memory, latency, replay, first paint, page, storm, stuck, auth, scale-out.
 
 Starts a nats-server and the ingest service (on the load generator's CPU), then for each workload
 the servers it measures, each pinned to the server CPU with ``taskset``; this process is the load
@@ -27,6 +27,7 @@ import uvloop
 
 from bench.procs import ChildError, pin_self, raise_fd_limit
 from bench.report import Report
+from bench.scaleout import PROCESSES
 from bench.suite import WORKLOADS, Suite, log
 from bench.targets import BENCH_STREAM_SETTINGS, Lab
 from telemetry.natsserver import NatsServerError
@@ -56,6 +57,11 @@ FULL = {
     "stuck_readings": 50_000,
     "stuck_reading_bytes": 2048,
     "stuck_rate": 1000.0,
+    "scaleout_sites": 100,
+    "scaleout_dashboards_per_site": 2,
+    "scaleout_rate": 4000.0,
+    "scaleout_warmup_s": 5.0,
+    "scaleout_seconds": 30.0,
 }
 QUICK = {
     "readings": 100,
@@ -82,6 +88,11 @@ QUICK = {
     "stuck_readings": 2000,
     "stuck_reading_bytes": 2048,
     "stuck_rate": 1000.0,
+    "scaleout_sites": 8,
+    "scaleout_dashboards_per_site": 2,
+    "scaleout_rate": 1000.0,
+    "scaleout_warmup_s": 1.0,
+    "scaleout_seconds": 3.0,
 }
 
 
@@ -113,6 +124,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     unknown = set(args.only) - set(WORKLOADS)
     if unknown:
         parser.error(f"unknown workloads: {', '.join(sorted(unknown))}")
+    if args.scaleout_sites < 2 * PROCESSES or args.scaleout_sites % PROCESSES:
+        # Each process must serve several sites (one site is one filter, whatever the design) and as many as the others.
+        parser.error(f"--scaleout-sites must be a multiple of {PROCESSES}, at least {2 * PROCESSES}")
     return args
 
 

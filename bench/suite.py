@@ -19,6 +19,7 @@ from bench.page import RATE_PER_S, TOPICS, missing, page, page_notes, page_rows
 from bench.paint import paint, paint_notes, paint_rows
 from bench.procs import INTERFERENCE
 from bench.report import Report, Row, times, us
+from bench.scaleout import scaleout, scaleout_notes, scaleout_rows
 from bench.storm import post_history, storm
 from bench.stuck import GONE_WITHIN_S, stuck
 from bench.targets import Lab, Server, get_status
@@ -26,8 +27,8 @@ from bench.workloads import fill_history, idle_memory, latency, replay
 from core.settings import Settings
 
 # In the order they run: first paint (section 9) right after replay, so that its rows stand beside the replay rate,
-# then the page (section 10), the other half of what the dashboard costs.
-WORKLOADS = ("fanout", "memory", "latency", "replay", "paint", "page", "storm", "stuck", "auth")
+# then the page (section 10), the other half of what the dashboard costs; the scale-out (section 11) last.
+WORKLOADS = ("fanout", "memory", "latency", "replay", "paint", "page", "storm", "stuck", "auth", "scaleout")
 REGIMES: list[Regime] = ["spaced", "lockstep", "burst"]
 # Each event alone in its loop turn shows a per-event cost undiluted. Not spaced: its figure is mostly how many events
 # happen to share a write, which varied 2x between runs of one service, too loose a measure for a 10 % comparison.
@@ -530,3 +531,27 @@ class Suite:
         finally:
             await publisher.close()
             self.lab.stop(server)
+
+    async def scaleout(self) -> None:
+        """Section 11: four stream processes each serving a quarter of the sites: whole-stream feed vs interest."""
+        args = self.args
+        assert self.lab.ingest is not None and self.lab.nats is not None and self.lab.nats.process is not None
+        log(
+            f"scale-out: {args.scaleout_sites} sites, {args.scaleout_rate:g} readings/s, "
+            f"{args.scaleout_dashboards_per_site} dashboards per site, x{args.repeats} of each design"
+        )
+        result = await scaleout(
+            self.lab,
+            sites=args.scaleout_sites,
+            dashboards_per_site=args.scaleout_dashboards_per_site,
+            rate_per_s=args.scaleout_rate,
+            warmup_s=args.scaleout_warmup_s,
+            seconds=args.scaleout_seconds,
+            rounds=args.repeats,
+            load_pids=[os.getpid(), self.lab.ingest.pid, self.lab.nats.process.pid],
+            progress=log,
+        )
+        for row in scaleout_rows(result):
+            self.report.add(row)
+        for note in scaleout_notes(result, args.server_cpu, INTERFERENCE, LOAD_SATURATED):
+            self.report.note(note)
