@@ -9,6 +9,10 @@ What FastAPI's middleware would give them, they get in one place: request ids (c
 (core/cors.py) for every route in ``FrontRoutedApp.__call__``, and ``Guarded``: each hot route is added with
 ``add_front_route``, which puts it behind the service's ``Gate`` (authentication), and its endpoint is handed
 the request's grant; it has no way to be called without one.
+
+Neither ``FrontRoutedApp.__call__`` nor ``Guarded.__call__`` is a coroutine function: each does its work at once and
+returns the awaitable of what serves the request. A coroutine of theirs would stay suspended, a frame of each, for
+as long as the request is served: hours for a stream, multiplied by every open one (bench idle memory).
 """
 
 from __future__ import annotations
@@ -44,14 +48,14 @@ class Guarded:
         self.gate = gate
         self.on_refusal = on_refusal
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        """The endpoint's awaitable, or the refusal's, once the gate is checked (not a coroutine: see above)."""
         try:
             grant = self.gate.check(scope)
         except ApiError as err:
             self.on_refusal(err.status)
-            await err.response()(scope, receive, send)
-            return
-        await self.endpoint(scope, receive, send, grant)
+            return err.response()(scope, receive, send)
+        return self.endpoint(scope, receive, send, grant)
 
 
 class FrontRoutedApp(FastAPI):
@@ -99,7 +103,9 @@ class FrontRoutedApp(FastAPI):
             document.get("components", {}).get("schemas", {}).pop(name, None)
         return document
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    # Awaitable, not Starlette's coroutine: uvicorn (told the app is ASGI 3 in core/serve.py) only awaits it.
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:  # type: ignore[override]
+        """The awaitable of what serves the request, with its request id and CORS headers decided at once."""
         if scope["type"] == "http":  # every route, the hot ones too: request ids and CORS here, before them all
             identifier = request_id(scope)
             bind_to_logs(identifier)
@@ -107,15 +113,13 @@ class FrontRoutedApp(FastAPI):
             origin = self.cors.allowed_origin(scope)
             if origin is not None:
                 if self.cors.is_preflight(scope):
-                    await self.cors.answer_preflight(origin, AddedHeaders(send, headers))
-                    return
+                    return self.cors.answer_preflight(origin, AddedHeaders(send, headers))
                 headers += self.cors.headers(origin)
             send = AddedHeaders(send, headers)  # one wrapper: the stream's direct writer looks through one
             endpoint = self.front_routes.get((scope["method"], scope["path"]))
             if endpoint is not None:
-                await endpoint(scope, receive, send)
-                return
-        await super().__call__(scope, receive, send)
+                return endpoint(scope, receive, send)
+        return super().__call__(scope, receive, send)
 
 
 class ServedBy(Response):

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from types import FrameType
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from core.httpprotocol import HttpLimits, protocol_class
 from core.settings import Settings
@@ -24,7 +27,7 @@ def server_config(
     loop: str = "auto",
 ) -> uvicorn.Config:
     """uvicorn settings: our own JSON logs (no access log), uvloop, httptools with the limits of
-    core/httpprotocol.py, bounded graceful shutdown.
+    core/httpprotocol.py, bounded graceful shutdown, ``X-Forwarded-*`` from ``forwarded_allow_ips``.
 
     ``http="h11"`` and ``loop="asyncio"`` are for the tests: the service runs the same on the paths that do not
     depend on httptools or uvloop. h11 has a head size limit of its own (answered 400, by uvicorn) and no head
@@ -32,7 +35,8 @@ def server_config(
     """
     protocol: type[asyncio.Protocol] | str = protocol_class(http_limits) if http in ("auto", "httptools") else http
     return uvicorn.Config(
-        app,
+        ForwardedHeaders(app, forwarded_allow_ips),
+        interface="asgi3",  # not guessed: FrontRoutedApp.__call__ returns an awaitable, it is no coroutine function
         host=host,
         port=port,
         log_config=None,
@@ -43,9 +47,37 @@ def server_config(
         lifespan="on",
         timeout_graceful_shutdown=graceful_s,
         server_header=False,
-        proxy_headers=True,
-        forwarded_allow_ips=forwarded_allow_ips,
+        proxy_headers=False,  # ForwardedHeaders instead
     )
+
+
+async def _nothing(scope: Scope, receive: Receive, send: Send) -> None:
+    """What ``ForwardedHeaders`` hands requests to behind uvicorn's middleware: its rewrite of the scope is all."""
+
+
+class ForwardedHeaders:
+    """uvicorn's ``proxy_headers``: the client and scheme from ``X-Forwarded-For`` and ``X-Forwarded-Proto`` when the
+    peer is one of ``forwarded_allow_ips``, by uvicorn's own middleware, then the app's awaitable.
+
+    uvicorn's middleware awaits the app in a coroutine that stays suspended for as long as the request is served, a
+    frame for every open stream (bench idle memory). Here it rewrites the scope to completion first: behind it is an
+    app that does nothing, so it never waits.
+    """
+
+    def __init__(self, app: ASGIApp, forwarded_allow_ips: str) -> None:
+        self.app = app
+        # uvicorn types the ASGI interface with TypedDicts, Starlette with mappings: the same scopes and callables.
+        rewrite = ProxyHeadersMiddleware(_nothing, trusted_hosts=forwarded_allow_ips)  # type: ignore[arg-type]
+        self._rewrite: Callable[[Scope, Receive, Send], Coroutine[Any, Any, None]] = rewrite  # type: ignore[assignment]
+
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        """The app's awaitable, for the scope as rewritten."""
+        rewrite = self._rewrite(scope, receive, send)
+        try:
+            rewrite.send(None)
+        except StopIteration:
+            return self.app(scope, receive, send)
+        raise RuntimeError("uvicorn's ProxyHeadersMiddleware waited: the scope was not rewritten before the app")
 
 
 class DrainingServer(uvicorn.Server):

@@ -1,8 +1,10 @@
 """The services' app class: a trailing slash is a 404 in the JSON error shape, never a redirect to the Host header;
-every hot route is behind the service's gate, and every answer, the hot routes' too, carries its request id."""
+every hot route is behind the service's gate, and every answer, the hot routes' too, carries its request id; an open
+stream keeps no suspended call of the layers in front of its endpoint."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
@@ -11,8 +13,11 @@ import httpx
 import pytest
 import structlog
 from fastapi import FastAPI
+from httpx_sse import aconnect_sse
 from structlog.testing import capture_logs
+from support.auth import AUDIENCE, SECRET, bearer, claims, hs256
 from support.natsproc import StoppableNatsServer
+from support.server import on_server_loop
 
 from core.frontroutes import FrontRoutedApp, Guarded
 from core.settings import Settings
@@ -97,3 +102,48 @@ async def test_a_log_line_written_while_serving_a_request_names_its_id(
                 own_nats.resume()
     assert answer.status_code == 503 and answer.headers["x-request-id"] == "device-42-req-9"
     assert [line.get("request_id") for line in logs if line["event"] == "readings_not_stored"] == ["device-42-req-9"]
+
+
+async def test_uvicorn_awaits_an_open_stream_with_no_call_of_the_layers_in_front_of_it_suspended(
+    make_settings: Callable[..., Settings], serve: Serve
+) -> None:
+    """The forwarded headers, the request id, CORS and the gate do their work at once and hand uvicorn the stream's own
+    coroutine: a suspended call of each would be held for the hours a stream is open, for every open stream."""
+    page = "https://dashboard.example"
+    app = create_stream(make_settings(auth="required", jwt_secret=SECRET, jwt_audience=AUDIENCE, cors_origins=[page]))
+    headers = {
+        **bearer(hs256(claims(subscribe=("a.>",)))),
+        "Origin": page,
+        "X-Request-ID": "dash-1",
+        "X-Forwarded-For": "203.0.113.7",
+    }
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        async with (
+            serve(app) as url,
+            httpx.AsyncClient(timeout=httpx.Timeout(5.0, read=None)) as client,
+            aconnect_sse(client, "GET", f"{url}/v1/stream", params={"topic": "a.b.c"}, headers=headers) as source,
+        ):
+            # The stream's task ran from its start to its wait for the client in one step, the one that sent this.
+            answer = source.response
+            chains = await on_server_loop(app, awaited_by_uvicorn())
+    # uvicorn's own coroutine awaits the stream endpoint's, with nothing between.
+    callers = [(chain[0], chain[1].split(".")[0]) for chain in chains]
+    assert callers == [("RequestResponseCycle.run_asgi", "EventStream")]
+    assert answer.status_code == 200 and answer.headers["x-request-id"] == "dash-1"
+    assert answer.headers["access-control-allow-origin"] == page
+    [opened] = [line for line in logs if line["event"] == "stream_opened"]
+    assert (opened["client"], opened["request_id"]) == ("203.0.113.7", "dash-1")
+
+
+async def awaited_by_uvicorn() -> list[list[str]]:
+    """For each request uvicorn is serving, the coroutines suspended in its task, from uvicorn's own down."""
+    chains = []
+    for task in asyncio.all_tasks():
+        chain: list[str] = []
+        awaited = task.get_coro()
+        while hasattr(awaited, "cr_code"):  # a future, or an awaitable of another kind, ends the chain
+            chain.append(awaited.cr_code.co_qualname)
+            awaited = awaited.cr_await
+        if chain[:1] == ["RequestResponseCycle.run_asgi"]:
+            chains.append(chain)
+    return chains

@@ -13,8 +13,10 @@ import structlog
 from httpx_sse import ServerSentEvent
 from structlog.testing import capture_logs
 from support.metrics import metric
+from support.server import on_server_loop
 from support.sse import EVENT_TIMEOUT_S, Serve, events, raw_connection, raw_requests, seqs, take
 
+from core.frontroutes import FrontRoutedApp
 from core.settings import Settings
 from stream.app import create_app
 
@@ -327,6 +329,35 @@ async def test_a_stream_is_logged_as_it_opens_and_as_it_closes_under_its_request
     assert closed == {"event": "stream_closed", **same, "events": 3, "reason": "max_events"}
     assert written > sum(len(event.data) for event in received)
     assert 0 <= duration_s < EVENT_TIMEOUT_S and round(duration_s, 3) == duration_s
+
+
+async def test_an_open_stream_holds_none_of_its_request_headers_and_what_it_read_of_them_still_counts(
+    settings: Settings, serve: Serve, publish: Any
+) -> None:
+    """uvicorn keeps a request's header list for as long as it is served: a browser's is 2-4 KB of every open stream."""
+    stored = await publish("s", "d", "m", [1, 2])
+    app = create_app(settings)
+    browser = {"User-Agent": "Mozilla/5.0 " + "x" * 200, "Cookie": "theme=dark; " + "y" * 2000}
+    headers = {**browser, "Last-Event-ID": str(stored[0]), "X-Request-ID": "dash-2"}
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        async with serve(app) as url:
+            async with events(url, "s.>", headers=headers) as stream:
+                replayed = await take(stream, 1)
+                held = await on_server_loop(app, headers_held(app))
+            [closed] = await logged(logs, "stream_closed")
+    assert held == [[]]
+    assert seqs(replayed) == stored[1:]  # resumed after its Last-Event-ID
+    assert closed["request_id"] == "dash-2"
+
+
+async def headers_held(app: FrontRoutedApp) -> list[list[tuple[bytes, bytes]]]:
+    """The request headers uvicorn holds for each request it is answering."""
+    connections = app.state.test_server.server_state.connections
+    return [
+        protocol.cycle.scope["headers"]
+        for protocol in connections
+        if protocol.cycle is not None and not protocol.cycle.response_complete
+    ]
 
 
 async def test_a_client_that_leaves_is_logged_as_gone(settings: Settings, serve: Serve, publish: Any) -> None:

@@ -1,0 +1,38 @@
+"""The uvicorn settings of core/serve.py: ``X-Forwarded-*`` are believed from the trusted proxies only, and the
+rewrite of the scope is done before the app is called, not around it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+
+from starlette.types import Message, Receive, Scope, Send
+
+from core.serve import ForwardedHeaders
+
+PROXY = "10.0.0.1"
+FORWARDED = [(b"x-forwarded-for", b"203.0.113.7"), (b"x-forwarded-proto", b"https")]
+
+
+async def receive() -> Message:
+    return {"type": "http.disconnect"}
+
+
+async def send(message: Message) -> None:
+    pass
+
+
+async def test_the_client_and_scheme_come_from_a_trusted_proxy_only_and_the_app_is_handed_back_as_it_answers() -> None:
+    answer = asyncio.get_running_loop().create_future()
+    seen: list[tuple[object, object]] = []
+
+    def app(scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        seen.append((scope["client"], scope["scheme"]))
+        return answer
+
+    forwarded = ForwardedHeaders(app, PROXY)
+    for peer in (PROXY, "10.0.0.2"):
+        scope = {"type": "http", "scheme": "http", "client": (peer, 40000), "headers": list(FORWARDED)}
+        # The app's own awaitable: nothing of ForwardedHeaders waits around it while the request is served.
+        assert forwarded(scope, receive, send) is answer
+    assert seen == [(("203.0.113.7", 0), "https"), (("10.0.0.2", 40000), "http")]
