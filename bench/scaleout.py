@@ -171,7 +171,6 @@ async def measure(
     try:
         for number in range(PROCESSES):
             name = f"stream-{design}-{number}"
-            # Passed even when this checkout does not know the setting: both designs are then the whole-stream feed.
             servers.append(await lab.start_stream(DESIGN_SETTINGS[design], name=name))
         groups = await open_dashboards(servers, result.sites, result.dashboards_per_site)
         total = math.ceil(result.rate_per_s * (warmup_s + seconds + TAIL_S) / BATCH)
