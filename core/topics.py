@@ -6,6 +6,7 @@ empty token or an extra subject token.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -14,6 +15,7 @@ TOPIC_TOKENS = 3
 ONE_TOKEN = "*"
 REST = ">"
 MAX_ECHOED_CHARS = 100
+PARSED_PATTERNS_KEPT = 4096  # distinct texts whose pattern Pattern.parse keeps: a deployment's dashboards follow fewer
 _TOKEN_OR_ANY = rf"(?:{TOKEN_RE.pattern}|\*)"
 # What Pattern.parse accepts, as a regular expression both Python and JSON Schema (OpenAPI) read the same way.
 PATTERN_GRAMMAR = rf"^(?:(?:{_TOKEN_OR_ANY}\.){{0,2}}>|{_TOKEN_OR_ANY}\.{_TOKEN_OR_ANY}\.{_TOKEN_OR_ANY})$"
@@ -41,7 +43,16 @@ class Pattern:
 
     @classmethod
     def parse(cls, text: str) -> Pattern:
-        """Parse and validate a pattern such as ``plant1.*.temperature`` or ``plant1.>``."""
+        """Parse and validate a pattern such as ``plant1.*.temperature`` or ``plant1.>``.
+
+        The same text gives the same pattern (it is immutable): the open streams of every dashboard on a pattern hold
+        one between them, not one each.
+        """
+        return _parse_kept(text)
+
+    @staticmethod
+    def _parse(text: str) -> Pattern:
+        """``parse`` without the cache (an invalid pattern raises each time, and is not kept)."""
         if not text:
             raise InvalidPattern("a pattern must not be empty")
         tokens = tuple(text.split("."))
@@ -61,7 +72,7 @@ class Pattern:
                 f"{quoted(text)} has {len(tokens)} tokens and would never match a topic (site.device.metric); "
                 "end it with '>' to match the rest"
             )
-        return cls(tokens)
+        return Pattern(tokens)
 
     def __str__(self) -> str:
         return ".".join(self.tokens)
@@ -104,6 +115,9 @@ class Pattern:
         if self.tokens[-1] != REST:
             return self.tokens
         return self.tokens[:-1] + (ONE_TOKEN,) * (TOPIC_TOKENS - len(self.tokens) + 1)
+
+
+_parse_kept = functools.lru_cache(maxsize=PARSED_PATTERNS_KEPT)(Pattern._parse)
 
 
 def distinct_filters(patterns: list[Pattern]) -> list[Pattern] | None:

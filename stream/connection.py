@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable, Sequence
 
@@ -131,7 +132,7 @@ class Connection:
         self.last_write = time.monotonic()
         self.progress = Progress(self.last_write)
         self.pending_bytes = 0
-        self.deadline = float("inf")  # when the stream ends (monotonic), with ``deadline_reason``: see end_at
+        self.deadline = math.inf  # when the stream ends (monotonic), with ``deadline_reason``: see end_at
         self.deadline_reason = ""
         self._budget = budget
         self._conflating = False  # readings conflate until the write under way completes (conflate_queue)

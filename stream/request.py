@@ -6,6 +6,7 @@ and headers here, with the same rules and the same errors that FastAPI's paramet
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ SINCE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 SNAPSHOT_LATEST = "latest"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_NUMBER_CHARS = 32  # rate and max_events: far beyond any maximum they can lower, and cheap to convert
+LIMITS_KEPT = 256  # distinct Limits that connection_limits keeps (most streams ask for nothing: the server's own)
 Number = TypeVar("Number", int, float)
 
 
@@ -134,11 +136,22 @@ def connection_limits(settings: Settings, rate: float | None, max_events: int | 
     events = settings.max_events
     if max_events is not None:
         events = max_events if events == 0 else min(events, max_events)
+    return _limits_kept(
+        min(settings.max_rate_per_s, rate) if rate is not None else settings.max_rate_per_s,
+        events,
+        settings.max_buffer_bytes,
+        settings.sse_send_buffer_bytes,
+    )
+
+
+@functools.lru_cache(maxsize=LIMITS_KEPT)
+def _limits_kept(rate_per_s: float, max_events: int, max_buffer_bytes: int, send_buffer_bytes: int) -> Limits:
+    """Equal limits as one object (it is immutable): the streams that ask for the same hold one between them."""
     return Limits(
-        rate_per_s=min(settings.max_rate_per_s, rate) if rate is not None else settings.max_rate_per_s,
-        max_events=events,
-        max_buffer_bytes=settings.max_buffer_bytes,
-        send_buffer_bytes=settings.sse_send_buffer_bytes,
+        rate_per_s=rate_per_s,
+        max_events=max_events,
+        max_buffer_bytes=max_buffer_bytes,
+        send_buffer_bytes=send_buffer_bytes,
     )
 
 

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import random
 import time
+from collections.abc import Awaitable
 from typing import Annotated, Literal
 
 import nats.errors
@@ -55,37 +56,28 @@ class EventStream:
         self.admission = admission
         self.budget = budget
         self.settings = settings
+        # Bound once for every connection: a bound method made per stream is 64 bytes held by each open one.
+        self._mark_dirty = hub.mark_dirty
+        self._count_written = hub.count_written
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send, grant: Grant) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send, grant: Grant) -> Awaitable[None]:
         """Checks in order: credentials (the gate's 401), the request (400), its patterns against the grant (403),
-        then admission: a client refused for who it is takes no connection slot."""
+        then admission: a client refused for who it is takes no connection slot.
+
+        Not a coroutine: it returns the awaitable that answers, for an admitted stream ``_serve``, which gives the slot
+        back however it ends. A coroutine of its own would stay suspended above the stream's for as long as it is open,
+        a frame for every open stream (bench idle memory).
+        """
         try:
             request = StreamRequest.from_scope(scope, self.settings)
             check_patterns(request, grant)
         except ApiError as err:
-            await err.response()(scope, receive, send)
-            return
+            return err.response()(scope, receive, send)
         refusal = self.admission.admit(request.client)
         if refusal is not None:
             log_refused(request, refusal)
-            await refused_stream(refusal, self.settings.overload_retry_ms)(scope, receive, send)
-            return
-        try:
-            plan = await self._plan(request)
-        except Unservable as err:  # a 200 that says come back: any other answer makes an EventSource give up
-            self.hub.metrics.refused.labels(reason=err.reason).inc()
-            self.admission.release(request.client)
-            log_refused(request, err.reason)
-            await refused_stream(err.reason, self.settings.retry_ms)(scope, receive, send)
-            return
-        # Everything that reads the request's headers has read them (request id, CORS, the gate, Last-Event-ID), and
-        # uvicorn holds this list, its parser's own, for as long as the stream is open: a browser's (cookie, user
-        # agent, client hints) is 2-4 KB of every open stream. Emptied in place: a new list would free nothing.
-        scope["headers"].clear()
-        try:
-            await self._serve(request, plan, grant, receive, send)
-        finally:
-            self.admission.release(request.client)
+            return refused_stream(refusal, self.settings.overload_retry_ms)(scope, receive, send)
+        return self._serve(request, grant.expires_at, scope, receive, send)
 
     def drain(self) -> None:
         """Shutting down: refuse new streams, and end every open one with a short jittered ``retry``."""
@@ -121,78 +113,115 @@ class EventStream:
         return plan
 
     async def _serve(
-        self, request: StreamRequest, plan: ResumePlan | None, grant: Grant, receive: Receive, send: Send
+        self, request: StreamRequest, expires_at: float, scope: Scope, receive: Receive, send: Send
     ) -> None:
-        """Serve the stream until it ends, the client leaves, or the task is cancelled; logged once as it opens and
-        once as it closes (with the request's id, bound by core/frontroutes.py)."""
-        hub, metrics = self.hub, self.hub.metrics
+        """An admitted stream, from its resume plan until it ends, the client leaves, or the task is cancelled; its
+        admission slot is given back however it ends. Logged once as it opens and once as it closes (with the
+        request's id, bound by core/frontroutes.py).
+
+        The one coroutine of the stream that stays suspended while it is open: what only its start or its end needs is
+        made there (``_connection``, ``_log_opened``, ``_log_closed``), not kept in its locals by every open stream.
+        """
+        try:
+            try:
+                plan = await self._plan(request)
+            except Unservable as err:  # a 200 that says come back: any other answer makes an EventSource give up
+                self.hub.metrics.refused.labels(reason=err.reason).inc()
+                log_refused(request, err.reason)
+                await refused_stream(err.reason, self.settings.retry_ms)(scope, receive, send)
+                return
+            # Everything that reads the request's headers has read them (request id, CORS, the gate, Last-Event-ID),
+            # and uvicorn holds this list, its parser's own, for as long as the stream is open: a browser's (cookie,
+            # user agent, client hints) is 2-4 KB of every open stream. Emptied in place: a new list would free nothing.
+            scope["headers"].clear()
+            opened_at = time.monotonic()
+            connection = self._connection(request, plan, opened_at, expires_at)
+            live_from = self.hub.add(connection)
+            if self.admission.draining:  # it began during the resume plan, after this stream was admitted
+                self._shut(connection)
+            self._log_opened(request)
+            replaying: asyncio.Task[None] | None = None
+            client_left = False
+            try:
+                # The head goes out once the live feed carries the stream: a client that has it misses no later
+                # reading.
+                if not isinstance(live_from, int):
+                    live_from = await live_from
+                await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+                if connection.replaying:
+                    replaying = asyncio.create_task(self._catch_up(connection, request.snapshot, plan, live_from))
+                connection.open(send)
+                # uvicorn answers http.disconnect when the client goes, or once we completed the response;
+                # when it cannot tell (see fastwrite.transport_closing), the connection's abort wakes us.
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                client_left = True  # or the response completed: then the stream has its end_reason
+            except asyncio.CancelledError:
+                # abort() cancels this task to end the stream now; any other cancellation goes on.
+                me = asyncio.current_task()
+                assert me is not None
+                if not connection.closed or me.uncancel() > 0:
+                    raise
+            finally:
+                connection.close()
+                self.hub.remove(connection)
+                self._log_closed(request, connection, opened_at, client_left)
+                if replaying is not None:
+                    replaying.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await replaying
+        finally:
+            self.admission.release(request.client)
+
+    def _connection(
+        self, request: StreamRequest, plan: ResumePlan | None, opened_at: float, expires_at: float
+    ) -> Connection:
+        """The stream's connection with its deadlines, its abort, and the frames that go out first."""
         connection = Connection(
             request.patterns,
             last_seq=plan.start_after if plan and not request.snapshot else 0,
             replaying=plan is not None or request.snapshot,
             limits=request.limits,
-            mark_dirty=hub.mark_dirty,
+            mark_dirty=self._mark_dirty,
             budget=self.budget,
-            metrics=metrics,
+            metrics=self.hub.metrics,
         )
-        connection.on_written = hub.count_written
-        now = time.monotonic()
+        connection.on_written = self._count_written
         lifetime_s = self.settings.max_lifetime_s * (1 - LIFETIME_JITTER * random.random())
         if lifetime_s > 0:
-            connection.end_at(now + lifetime_s, "max_lifetime")
-        connection.end_at(now + grant.expires_at - time.time(), "token_expired")  # the client comes back with a new one
+            connection.end_at(opened_at + lifetime_s, "max_lifetime")
+        connection.end_at(opened_at + expires_at - time.time(), "token_expired")  # the client comes back with a new one
         me = asyncio.current_task()
         assert me is not None
-        connection.on_abort = me.cancel  # wakes this handler wherever it waits: see the except below
+        connection.on_abort = me.cancel  # wakes the stream's handler wherever it waits: see _serve
         # Queued before the first await: a drain's retry and end, which may come during it, go after them.
         connection.push(retry_frame(self.settings.retry_ms))
         reset = plan.reset_frame() if plan is not None else None
         if reset is not None:
             connection.push(reset)
-        joined = hub.add(connection)
-        if self.admission.draining:  # it began during the resume plan, after this stream was admitted
-            self._shut(connection)
+        return connection
+
+    def _log_opened(self, request: StreamRequest) -> None:
+        """Counted, and the ``stream_opened`` line."""
+        metrics = self.hub.metrics
         metrics.connections.inc()
-        patterns = [str(pattern) for pattern in request.patterns]
         started = how_it_starts(request)
         metrics.starts[str(started["start"])].inc()
-        log.info("stream_opened", patterns=patterns, **started, client=request.client)
-        replaying: asyncio.Task[None] | None = None
-        client_left = False
-        try:
-            # The head goes out once the live feed carries the stream: a client that has it misses no later reading.
-            live_from = joined if isinstance(joined, int) else await joined
-            await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
-            if connection.replaying:
-                replaying = asyncio.create_task(self._catch_up(connection, request.snapshot, plan, live_from))
-            connection.open(send)
-            # uvicorn answers http.disconnect when the client goes, or once we completed the response;
-            # when it cannot tell (see fastwrite.transport_closing), the connection's abort wakes us.
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            client_left = True  # or the response completed: then the stream has its end_reason
-        except asyncio.CancelledError:
-            # abort() cancels this task to end the stream now; any other cancellation goes on.
-            if not connection.closed or me.uncancel() > 0:
-                raise
-        finally:
-            connection.close()
-            hub.remove(connection)
-            if connection.end_reason is not None:
-                metrics.ended.labels(reason=connection.end_reason).inc()
-            log.info(
-                "stream_closed",
-                duration_s=round(time.monotonic() - now, 3),
-                events=connection.sent_events,
-                bytes=connection.sent_bytes,
-                reason=connection.end_reason or ("client_gone" if client_left else "interrupted"),
-                patterns=patterns,
-                client=request.client,
-            )
-            if replaying is not None:
-                replaying.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await replaying
+        log.info("stream_opened", patterns=pattern_texts(request), **started, client=request.client)
+
+    def _log_closed(self, request: StreamRequest, connection: Connection, opened_at: float, client_left: bool) -> None:
+        """Counted by its reason, and the ``stream_closed`` line."""
+        if connection.end_reason is not None:
+            self.hub.metrics.ended.labels(reason=connection.end_reason).inc()
+        log.info(
+            "stream_closed",
+            duration_s=round(time.monotonic() - opened_at, 3),
+            events=connection.sent_events,
+            bytes=connection.sent_bytes,
+            reason=connection.end_reason or ("client_gone" if client_left else "interrupted"),
+            patterns=pattern_texts(request),
+            client=request.client,
+        )
 
     async def _catch_up(self, connection: Connection, snapshot: bool, plan: ResumePlan | None, live_from: int) -> None:
         """The snapshot, then the replay, then the live readings held meanwhile."""
@@ -241,9 +270,12 @@ def how_it_starts(request: StreamRequest) -> dict[str, object]:
 
 def log_refused(request: StreamRequest, reason: str) -> None:
     """The one line of a stream refused after its checks passed: a cap, a drain, or the service not ready."""
-    log.info(
-        "stream_refused", reason=reason, patterns=[str(pattern) for pattern in request.patterns], client=request.client
-    )
+    log.info("stream_refused", reason=reason, patterns=pattern_texts(request), client=request.client)
+
+
+def pattern_texts(request: StreamRequest) -> list[str]:
+    """The request's patterns as its log lines name them (made for each line: an open stream holds none of them)."""
+    return [str(pattern) for pattern in request.patterns]
 
 
 def refused_stream(reason: str, retry_ms: int) -> Response:

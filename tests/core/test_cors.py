@@ -3,13 +3,16 @@ preflights are answered, other origins get nothing (a cross-origin stream: tests
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
+from starlette.types import Message
 from support.sse import Serve
 
+from core.cors import AddedHeaders
 from core.settings import Settings
 from ingest.app import create_app as create_ingest
 from stream.app import create_app as create_stream
@@ -84,3 +87,19 @@ def test_an_origin_is_exact() -> None:
         with pytest.raises(ValueError, match="is not an origin"):
             Settings(cors_origins=[bad])
     assert Settings(cors_origins=f"{PAGE}, http://localhost:3000").cors_origins == [PAGE, "http://localhost:3000"]
+
+
+async def test_the_added_headers_go_out_with_the_start_and_are_not_kept_after_it() -> None:
+    """A stream holds its ``send`` for as long as it is open: what it added is not held with it."""
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    headers = [(b"x-request-id", b"dash-1"), (b"access-control-allow-origin", PAGE.encode())]
+    added = AddedHeaders(send, headers)
+    await added({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+    await added({"type": "http.response.body", "body": b"retry: 1000\n\n", "more_body": True})
+    assert sent[0]["headers"] == [(b"content-type", b"text/event-stream"), *headers]
+    assert sent[1] == {"type": "http.response.body", "body": b"retry: 1000\n\n", "more_body": True}
+    assert not any(held is headers or held in headers for held in gc.get_referents(added))

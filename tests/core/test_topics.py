@@ -44,6 +44,14 @@ def test_invalid_patterns_say_why(text: str, complaint: str) -> None:
         Pattern.parse(text)
 
 
+def test_a_text_parses_to_one_shared_pattern_and_a_bad_one_is_refused_each_time() -> None:
+    """Patterns are immutable: the open streams of every dashboard on a pattern hold one between them."""
+    assert Pattern.parse("plant1.*.temp") is Pattern.parse("plant1.*.temp")
+    for _ in range(2):
+        with pytest.raises(InvalidPattern, match="token 2"):
+            Pattern.parse("plant1..temp")
+
+
 def test_covered_filters_are_dropped_and_partial_overlaps_refused() -> None:
     parse = Pattern.parse
     assert distinct_filters([parse("a.>"), parse("a.b.c"), parse("x.*.c")]) == [parse("a.>"), parse("x.*.c")]

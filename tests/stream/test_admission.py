@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import httpx
 import pytest
-from support.metrics import metric
+from support.metrics import metric, metric_becomes
 from support.server import on_server_loop
 from support.sse import EVENT_TIMEOUT_S, Serve, raw_connection, raw_requests
 
@@ -115,3 +115,41 @@ async def test_a_stream_that_never_starts_gives_its_slot_back(
             answer = await client.get(f"{url}/v1/stream", params={"topic": "a.>", "last_event_id": "0"})
             assert answer.text.endswith('data: {"reason":"not_ready"}\n\n')
         assert await metric(url, "telemetry_stream_connections_active") == 0
+
+
+@pytest.mark.parametrize("where", ["in its plan", "open"])
+async def test_a_stream_cancelled_gives_its_slot_back(
+    settings: Settings, serve: Serve, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """uvicorn cancels the requests it still serves once its graceful shutdown runs out: a cancelled stream ends, and
+    gives its slot back, wherever it waits (its resume plan's JetStream round trip, or its client)."""
+    held = HeldPlans()  # never released: a resume waits in its plan until cancelled
+    monkeypatch.setattr(sse, "plan_resume", held.plan)
+    app = create_app(settings)
+    async with serve(app) as url, contextlib.AsyncExitStack() as stack:
+        reader, writer = await raw_connection(url)
+        stack.push_async_callback(writer.wait_closed)
+        stack.callback(writer.close)
+        resume = "&last_event_id=0" if where == "in its plan" else ""
+        writer.write(raw_requests(f"/v1/stream?topic=a.%3E{resume}"))
+        if where == "open":
+            await reader.readuntil(b"\r\n\r\n")
+        # Admitted and in its plan, or open, in the same step of the server's loop as its slot was counted.
+        await metric_becomes(url, "telemetry_stream_connections_active", 1)
+        assert held.waiting == (where == "in its plan")
+        assert await on_server_loop(app, cancel_streams()) == 1
+        await metric_becomes(url, "telemetry_stream_connections_active", 0)
+
+
+async def cancel_streams() -> int:
+    """Cancel the task of every stream the server is serving (as uvicorn does at the end of its graceful shutdown)."""
+    cancelled = 0
+    for task in asyncio.all_tasks():
+        awaited = task.get_coro()
+        while hasattr(awaited, "cr_code"):  # a future, or an awaitable of another kind, ends the chain
+            if awaited.cr_code.co_qualname.startswith("EventStream."):
+                task.cancel()
+                cancelled += 1
+                break
+            awaited = awaited.cr_await
+    return cancelled

@@ -19,6 +19,7 @@ from support.sse import EVENT_TIMEOUT_S, Serve, events, raw_connection, raw_requ
 from core.frontroutes import FrontRoutedApp
 from core.settings import Settings
 from stream.app import create_app
+from stream.connection import Connection
 
 SENTINEL = -1.0
 STREAM_LINES = ("stream_opened", "stream_closed", "stream_refused")
@@ -358,6 +359,47 @@ async def headers_held(app: FrontRoutedApp) -> list[list[tuple[bytes, bytes]]]:
         for protocol in connections
         if protocol.cycle is not None and not protocol.cycle.response_complete
     ]
+
+
+async def test_an_open_stream_is_one_suspended_call_of_the_endpoint(settings: Settings, serve: Serve) -> None:
+    """Its checks, admission, plan and start are done once it is open: a call of the endpoint's own waiting above the
+    stream would be held for the hours it is open, for every open stream (bench idle memory)."""
+    app = create_app(settings)
+    async with serve(app) as url, events(url, "s.>"):
+        # The stream's task ran from its start to its wait for the client in one step, the one that sent the head.
+        [chain] = await on_server_loop(app, streams_served())
+    assert chain[:2] == ["RequestResponseCycle.run_asgi", "EventStream._serve"]
+    assert [name for name in chain if name.startswith("EventStream.")] == ["EventStream._serve"]
+
+
+async def test_streams_that_ask_alike_share_their_patterns_and_limits(settings: Settings, serve: Serve) -> None:
+    """Patterns and limits are immutable: the open streams of every dashboard on a pattern hold one of each."""
+    app = create_app(settings)
+    async with serve(app) as url, events(url, "s.>", "x.*.m"), events(url, "x.*.m", "s.>"), events(url, "s.>", rate=5):
+        connections = await on_server_loop(app, open_connections(app))
+    held = [pattern for connection in connections for pattern in connection.patterns]
+    assert len(held) == 5 and len({id(pattern) for pattern in held}) == len(set(held)) == 2
+    limits = [connection.limits for connection in connections]  # the server's own twice, and one with rate=5
+    assert len({id(limit) for limit in limits}) == len(set(limits)) == 2
+
+
+async def streams_served() -> list[list[str]]:
+    """For each stream the server is serving, the coroutines suspended in its task, from uvicorn's own down."""
+    chains = []
+    for task in asyncio.all_tasks():
+        chain: list[str] = []
+        awaited = task.get_coro()
+        while hasattr(awaited, "cr_code"):  # a future, or an awaitable of another kind, ends the chain
+            chain.append(awaited.cr_code.co_qualname)
+            awaited = awaited.cr_await
+        if any(name.startswith("EventStream.") for name in chain):
+            chains.append(chain)
+    return chains
+
+
+async def open_connections(app: FrontRoutedApp) -> list[Connection]:
+    """The connections of the streams the server is serving."""
+    return list(app.state.hub.connections)
 
 
 async def test_a_client_that_leaves_is_logged_as_gone(settings: Settings, serve: Serve, publish: Any) -> None:
