@@ -155,6 +155,8 @@ class Suite:
                     stream <= STARLETTE_SHARE * starlette,
                 )
             )
+        if regime == "lockstep" and {("stream", count, regime), ("nchan", count, regime)} <= self.fan.keys():
+            self.report.add(versus_nchan(label, us(stream), stream, self._fan_us("nchan", count, regime)))
         for name in ("fastapi", "sse-starlette", "nchan"):
             if (name, count, regime) in self.fan:
                 value = self._fan_us(name, count, regime)
@@ -222,6 +224,9 @@ class Suite:
                 stream <= MEMORY_TARGET_KB,
             )
         )
+        if "nchan" in results:
+            nchan = results["nchan"].kb_per_connection
+            self.report.add(versus_nchan(label, f"{stream:.1f} KB/conn", stream, nchan))
         for name in ("ceiling", "nchan"):
             if name in results:
                 value = results[name].kb_per_connection
@@ -555,3 +560,15 @@ class Suite:
             self.report.add(row)
         for note in scaleout_notes(result, args.server_cpu, INTERFERENCE, LOAD_SATURATED):
             self.report.note(note)
+
+
+def versus_nchan(label: str, figure: str, stream: float, nchan: float) -> Row:
+    """Issue 16's goal row: the stream service at or below Nchan (nginx's C module) in the same run."""
+    return Row(
+        f"{label}: stream vs Nchan",
+        figure,
+        f"nchan {nchan:.2f}",
+        times(stream, nchan),
+        "≤ 1.00x Nchan",
+        stream <= nchan,
+    )
