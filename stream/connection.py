@@ -35,7 +35,8 @@ class Connection:
 
     Frames pushed in one loop turn are written together at the end of the turn (``flush``, called
     by the hub), straight from the hub's stack when the socket takes them at once, otherwise by a
-    task of this connection's own that finishes the write and writes what piled up meanwhile.
+    task of this connection's own that finishes the write and writes what piled up meanwhile. A live
+    reading alone in its turn with nothing before it is written as it is delivered (``deliver``).
 
     Live readings beyond the rate limit, or while more than ``max_buffer_bytes`` wait behind a write
     the socket did not take, are conflated (``pacer``): only the latest reading per topic waits.
@@ -170,18 +171,45 @@ class Connection:
             if written:
                 self.on_written(written)
 
-    def deliver(self, seq: int, topic: str, frame: bytes, now: float, framed: bytes | None = None) -> None:
-        """A live reading from the hub: held during a replay, rate limited and conflated otherwise."""
+    def deliver(
+        self, seq: int, topic: str, frame: bytes, now: float, framed: bytes | None = None, alone: bool = False
+    ) -> bool:
+        """A live reading from the hub: held during a replay, rate limited and conflated otherwise.
+
+        ``alone``: nothing more comes to the connections in this loop turn, so a reading with nothing queued or
+        being written before it is written now, as ``framed``: the end of the turn would write it alone all the
+        same, after a round of queueing and marking dirty that costs about as much as the write. Returns whether it
+        was written now; the hub counts those (bytes, events, latency) together for the event.
+        """
         if self.replaying:
             self._held.append((seq, topic, frame))
             self._held_bytes += len(frame)
             self._account()
-        elif seq > self.last_seq and not self.ending:
-            self.last_seq = seq
-            if self._waiting or not self._may_send_now(now):
-                self._conflate(topic, seq, frame)
-            else:
-                self._queue_reading(frame, framed)
+            return False
+        if seq <= self.last_seq or self.ending:
+            return False
+        self.last_seq = seq
+        if self._waiting or (self._writer is not None and self._behind()) or not self.pacer.take(now):
+            self._conflate(topic, seq, frame)
+            return False
+        write = self._write_chunk
+        if alone and framed is not None and write is not None and not self.frames and self._writer is None:
+            # Not replaying: no replay waits for ``drained`` (see _written).
+            try:  # as in flush: a transport that raises ends this stream alone
+                if write(framed):
+                    self.sent_events += 1
+                    self._moved(len(framed), now)
+                    if self.pending_bytes:
+                        self._account()
+                    if self.events_left > 0:
+                        self._spend_event()
+                    return True
+            except Exception as err:
+                log.debug("write_failed", error=repr(err))
+                self.abort("write_failed")
+                return False
+        self._queue_reading(frame, framed)
+        return False
 
     def push_reading(self, seq: int, frame: bytes) -> None:
         """A replayed reading: not rate limited (the replay waits for the client instead), never doubled."""
@@ -301,17 +329,9 @@ class Connection:
                 latency.observe(frames, skip, live, now)
         if history:
             self._replayed_tally.count += history
-        self._sent_bytes += size
         self._bytes_tally.count += size
         self.sent_events += readings
-        self.last_write = now
-        transport = self._transport
-        if transport is not None and transport.get_write_buffer_size():  # the kernel did not take all of it
-            self._look_at_transport(size)
-            self.progress.sample(self._sent_bytes - self._transport_bytes, True, now)
-        else:  # all of it reached the kernel (or a server we cannot look into took it): the hot path
-            self._transport_bytes = self._transport_chunk = 0
-            self.progress.moved_at = now
+        self._moved(size, now)
         if not self.drained.is_set():
             self.drained.set()
         if self.pacer.waiting:
@@ -320,6 +340,18 @@ class Connection:
             self._account()
         elif self.pending_bytes:
             self._account()
+
+    def _moved(self, size: int, now: float) -> None:
+        """``size`` bytes went to the transport: what it still holds, and whether bytes move."""
+        self._sent_bytes += size
+        self.last_write = now
+        transport = self._transport
+        if transport is not None and transport.get_write_buffer_size():  # the kernel did not take all of it
+            self._look_at_transport(size)
+            self.progress.sample(self._sent_bytes - self._transport_bytes, True, now)
+        else:  # all of it reached the kernel (or a server we cannot look into took it): the hot path
+            self._transport_bytes = self._transport_chunk = 0
+            self.progress.moved_at = now
 
     def _on_writer_done(self, task: asyncio.Task[None]) -> None:
         self._writer = None
@@ -473,9 +505,13 @@ class Connection:
         self.unsent_readings += 1
         self.push(frame, framed)
         if self.events_left > 0:
-            self.events_left -= 1
-            if self.events_left == 0:
-                self.end("max_events")
+            self._spend_event()
+
+    def _spend_event(self) -> None:
+        """One of the ``max_events`` was queued or written: ``end`` after the last of them."""
+        self.events_left -= 1
+        if self.events_left == 0:
+            self.end("max_events")
 
     def _behind(self) -> bool:
         """More than ``max_buffer_bytes`` wait behind a write the socket did not take (or the budget conflated its
@@ -484,10 +520,6 @@ class Connection:
         Frames queued in this loop turn are not behind: they are all written at its end.
         """
         return self._writer is not None and (self._conflating or self.buffered_bytes > self.limits.max_buffer_bytes)
-
-    def _may_send_now(self, now: float) -> bool:
-        """Spend a token of the rate budget, unless the client is too far behind to take more now."""
-        return not self._behind() and self.pacer.take(now)
 
     def _conflate(self, topic: str, seq: int, frame: bytes) -> None:
         pacer = self.pacer

@@ -283,8 +283,11 @@ class Hub:
         if self._feed is not None:
             self._feed.restart("reconnected to NATS")
 
-    async def _on_live(self, seq: int, subject: str, payload: bytes, pending: int) -> None:
-        """Route one live reading; never suspends, so one slow client cannot hold the others back."""
+    async def _on_live(self, seq: int, subject: str, payload: bytes, pending: int, ends_batch: bool) -> None:
+        """Route one live reading; never suspends, so one slow client cannot hold the others back.
+
+        The last of its batch (``ends_batch``) is alone in its loop turn: connections write it at once where nothing
+        waits before it (``Connection.deliver``), and their writes are counted here, once for them all."""
         self.upstream_pending = pending
         if seq <= self.last_seq:
             return
@@ -302,8 +305,14 @@ class Hub:
             return
         now = time.monotonic()
         framed = chunk(frame)
+        written = 0
         for connection in subscribers:
-            connection.deliver(seq, topic, frame, now, framed)
+            written += connection.deliver(seq, topic, frame, now, framed, ends_batch)
+        if written:
+            metrics = self.metrics
+            self.events_sent += written
+            metrics.bytes_sent.count += written * len(framed)
+            metrics.end_to_end.observe((frame,), 0, written, now)
         self._since_yield += len(subscribers) * len(frame)
         if self._since_yield >= YIELD_EVERY_BYTES:
             # nats-py hands a backlog over without yielding: let the writes of what was routed go out.

@@ -32,11 +32,14 @@ class TokenBucket:
         """Spend a token if there is one (``now``: ``time.monotonic()``, when the caller has it already)."""
         if now is None:
             now = time.monotonic()
-        self._tokens = min(self._capacity, self._tokens + (now - self._at) * self.rate_per_s)
+        tokens = self._tokens + (now - self._at) * self.rate_per_s
+        if tokens > self._capacity:  # not min(): this runs per connection per event, and a builtin's call costs more
+            tokens = self._capacity
         self._at = now
-        if self._tokens < 1.0:
+        if tokens < 1.0:
+            self._tokens = tokens
             return False
-        self._tokens -= 1.0
+        self._tokens = tokens - 1.0
         return True
 
     def wait_s(self) -> float:

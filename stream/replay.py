@@ -166,7 +166,7 @@ async def read_stored(
         if not finished.done():
             finished.set_result(None)
 
-    async def on_delivery(seq: int, subject: str, payload: bytes, pending: int) -> None:
+    async def on_delivery(seq: int, subject: str, payload: bytes, pending: int, ends_batch: bool) -> None:
         if seq > upto:
             finish()
             return

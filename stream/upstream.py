@@ -27,8 +27,9 @@ from stream.wire import Delivery, WireError, WireSubscriber
 
 log = structlog.get_logger(__name__)
 
-# handler(stream sequence, subject, payload, messages still pending after this one)
-MessageHandler = Callable[[int, str, bytes, int], Awaitable[None]]
+# handler(stream sequence, subject, payload, messages still pending after this one, whether it ends its batch: nothing
+# more is handed over before the loop turns, unless the handler itself suspends)
+MessageHandler = Callable[[int, str, bytes, int, bool], Awaitable[None]]
 
 CONTROL_STATUS = b"NATS/1.0 100"
 LAST_CONSUMER = b"Nats-Last-Consumer"
@@ -305,15 +306,16 @@ class OrderedFeed:
             while True:
                 batch = await sub.next_batch()
                 self._last_activity = time.monotonic()
+                last = batch[-1]
                 for delivery in batch:
                     if sub is not self._sub:
                         return
-                    await self._on_delivery(sub, delivery)
+                    await self._on_delivery(sub, delivery, delivery is last)
         except WireError as err:
             if sub is self._sub:
                 self._reset(str(err))
 
-    async def _on_delivery(self, sub: WireSubscriber, delivery: Delivery) -> None:
+    async def _on_delivery(self, sub: WireSubscriber, delivery: Delivery, ends_batch: bool) -> None:
         subject, reply, headers, payload = delivery
         if headers.startswith(CONTROL_STATUS):
             self._on_control(sub, reply, headers)
@@ -329,7 +331,7 @@ class OrderedFeed:
         if stream_seq < self.next_seq:
             return
         self.next_seq = stream_seq + 1
-        await self._handler(stream_seq, subject.decode(), payload, pending)
+        await self._handler(stream_seq, subject.decode(), payload, pending, ends_batch)
 
     def _on_control(self, sub: WireSubscriber, reply: bytes, headers: bytes) -> None:
         """Flow control wants an empty reply; a heartbeat says how far the consumer got."""

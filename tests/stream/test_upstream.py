@@ -28,7 +28,7 @@ async def nc(settings: Settings) -> AsyncIterator[NATS]:
     await connection.close()
 
 
-async def ignore(seq: int, subject: str, payload: bytes, pending: int) -> None:
+async def ignore(seq: int, subject: str, payload: bytes, pending: int, ends_batch: bool) -> None:
     """A handler for a feed whose deliveries do not matter here."""
 
 
@@ -73,7 +73,7 @@ async def test_a_reset_asked_for_while_the_feed_starts_leaves_one_connection_and
     the connection of one was never closed (the service's event loop then took 30 s to close)."""
     delivered: asyncio.Queue[int] = asyncio.Queue()
 
-    async def collect(seq: int, subject: str, payload: bytes, pending: int) -> None:
+    async def collect(seq: int, subject: str, payload: bytes, pending: int, ends_batch: bool) -> None:
         delivered.put_nowait(seq)
 
     feed = feed_of(nc, settings, collect, connect_timeout_s=settings.nats_connect_timeout_s)
