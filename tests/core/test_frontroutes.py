@@ -4,7 +4,6 @@ stream keeps no suspended call of the layers in front of its endpoint."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
@@ -17,7 +16,7 @@ from httpx_sse import aconnect_sse
 from structlog.testing import capture_logs
 from support.auth import AUDIENCE, SECRET, bearer, claims, hs256
 from support.natsproc import StoppableNatsServer
-from support.server import on_server_loop
+from support.server import on_server_loop, suspended_chains
 
 from core.frontroutes import FrontRoutedApp, Guarded
 from core.settings import Settings
@@ -125,25 +124,12 @@ async def test_uvicorn_awaits_an_open_stream_with_no_call_of_the_layers_in_front
         ):
             # The stream's task ran from its start to its wait for the client in one step, the one that sent this.
             answer = source.response
-            chains = await on_server_loop(app, awaited_by_uvicorn())
+            chains = await on_server_loop(app, suspended_chains())
     # uvicorn's own coroutine awaits the stream endpoint's, with nothing between.
-    callers = [(chain[0], chain[1].split(".")[0]) for chain in chains]
+    served = [chain for chain in chains if chain[:1] == ["RequestResponseCycle.run_asgi"]]
+    callers = [(chain[0], chain[1].split(".")[0]) for chain in served]
     assert callers == [("RequestResponseCycle.run_asgi", "EventStream")]
     assert answer.status_code == 200 and answer.headers["x-request-id"] == "dash-1"
     assert answer.headers["access-control-allow-origin"] == page
     [opened] = [line for line in logs if line["event"] == "stream_opened"]
     assert (opened["client"], opened["request_id"]) == ("203.0.113.7", "dash-1")
-
-
-async def awaited_by_uvicorn() -> list[list[str]]:
-    """For each request uvicorn is serving, the coroutines suspended in its task, from uvicorn's own down."""
-    chains = []
-    for task in asyncio.all_tasks():
-        chain: list[str] = []
-        awaited = task.get_coro()
-        while hasattr(awaited, "cr_code"):  # a future, or an awaitable of another kind, ends the chain
-            chain.append(awaited.cr_code.co_qualname)
-            awaited = awaited.cr_await
-        if chain[:1] == ["RequestResponseCycle.run_asgi"]:
-            chains.append(chain)
-    return chains

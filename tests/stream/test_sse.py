@@ -13,7 +13,7 @@ import structlog
 from httpx_sse import ServerSentEvent
 from structlog.testing import capture_logs
 from support.metrics import metric
-from support.server import on_server_loop
+from support.server import on_server_loop, suspended_chains
 from support.sse import EVENT_TIMEOUT_S, Serve, events, raw_connection, raw_requests, seqs, take
 
 from core.frontroutes import FrontRoutedApp
@@ -367,7 +367,8 @@ async def test_an_open_stream_is_one_suspended_call_of_the_endpoint(settings: Se
     app = create_app(settings)
     async with serve(app) as url, events(url, "s.>"):
         # The stream's task ran from its start to its wait for the client in one step, the one that sent the head.
-        [chain] = await on_server_loop(app, streams_served())
+        chains = await on_server_loop(app, suspended_chains())
+    [chain] = [chain for chain in chains if any(name.startswith("EventStream.") for name in chain)]
     assert chain[:2] == ["RequestResponseCycle.run_asgi", "EventStream._serve"]
     assert [name for name in chain if name.startswith("EventStream.")] == ["EventStream._serve"]
 
@@ -381,20 +382,6 @@ async def test_streams_that_ask_alike_share_their_patterns_and_limits(settings: 
     assert len(held) == 5 and len({id(pattern) for pattern in held}) == len(set(held)) == 2
     limits = [connection.limits for connection in connections]  # the server's own twice, and one with rate=5
     assert len({id(limit) for limit in limits}) == len(set(limits)) == 2
-
-
-async def streams_served() -> list[list[str]]:
-    """For each stream the server is serving, the coroutines suspended in its task, from uvicorn's own down."""
-    chains = []
-    for task in asyncio.all_tasks():
-        chain: list[str] = []
-        awaited = task.get_coro()
-        while hasattr(awaited, "cr_code"):  # a future, or an awaitable of another kind, ends the chain
-            chain.append(awaited.cr_code.co_qualname)
-            awaited = awaited.cr_await
-        if any(name.startswith("EventStream.") for name in chain):
-            chains.append(chain)
-    return chains
 
 
 async def open_connections(app: FrontRoutedApp) -> list[Connection]:

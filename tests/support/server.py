@@ -110,3 +110,17 @@ async def on_server_loop(app: FastAPI, coroutine: Coroutine[Any, Any, Result]) -
     server: ThreadedServer = app.state.test_server
     assert server.loop is not None, "the app is not served"
     return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coroutine, server.loop))
+
+
+async def suspended_chains() -> list[list[str]]:
+    """For each task of the running loop, the coroutines suspended in it, from the task's own down (a future, or an
+    awaitable of another kind, ends a chain): what a served request keeps alive while it waits."""
+    chains = []
+    for task in asyncio.all_tasks():
+        chain: list[str] = []
+        awaited = task.get_coro()
+        while hasattr(awaited, "cr_code"):
+            chain.append(awaited.cr_code.co_qualname)
+            awaited = awaited.cr_await
+        chains.append(chain)
+    return chains
