@@ -1,4 +1,5 @@
-"""From an HTTP request to the bytes of its body: media type, content coding, and both size limits.
+"""From an HTTP request (its ASGI headers and ``receive``) to the bytes of its body: media type, content coding, and
+both size limits.
 
 Nothing here holds more than the limits allow: the body is read chunk by chunk and abandoned as soon as
 it passes ``max_body_bytes`` on the wire, and a gzip body is inflated a step at a time and abandoned as
@@ -8,11 +9,11 @@ soon as it passes ``max_inflated_bytes`` (a few KB of gzip can inflate to gigaby
 from __future__ import annotations
 
 import zlib
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from enum import StrEnum
 
-from fastapi import Request
-from starlette.requests import ClientDisconnect
+from starlette.types import Receive, Scope
 
 from core.errors import ApiError
 from core.settings import Settings
@@ -33,6 +34,7 @@ class BodyFormat(StrEnum):
 
 
 ACCEPTED = " or ".join(BodyFormat)
+BODY_FORMATS = {body_format.value: body_format for body_format in BodyFormat}  # a lookup: 0.04 µs, BodyFormat() 0.4
 
 
 class IncompleteBody(ApiError):
@@ -71,17 +73,42 @@ class UnsupportedEncoding(ApiError):
         super().__init__(message, field="Content-Encoding", headers={"Accept-Encoding": "gzip"})
 
 
+@dataclass(frozen=True, slots=True)
+class BodyHeaders:
+    """What the request's headers say about its body (the first of each, as Starlette reads them); None: not sent."""
+
+    content_type: str | None = None
+    content_encoding: str | None = None
+    content_length: str | None = None
+
+    @classmethod
+    def of(cls, scope: Scope) -> BodyHeaders:
+        """Read from the ASGI scope in one pass (Starlette's ``Request.headers`` builds a list of every header)."""
+        content_type = content_encoding = content_length = None
+        for name, value in scope["headers"]:
+            if name == b"content-type" and content_type is None:
+                content_type = value
+            elif name == b"content-encoding" and content_encoding is None:
+                content_encoding = value
+            elif name == b"content-length" and content_length is None:
+                content_length = value
+        return cls(_text(content_type), _text(content_encoding), _text(content_length))
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("latin-1")
+
+
 def check_content_type(header: str | None) -> BodyFormat:
     """JSON or NDJSON, with a charset parameter only if it says UTF-8 (the one encoding of JSON)."""
     if header is None:
         raise UnsupportedMediaType(f"Content-Type must be {ACCEPTED}; none was sent", field="Content-Type")
     media_type, _, parameters = header.partition(";")
-    try:
-        body_format = BodyFormat(media_type.strip().lower())
-    except ValueError:
+    body_format = BODY_FORMATS.get(media_type.strip().lower())
+    if body_format is None:
         raise UnsupportedMediaType(
             f"Content-Type must be {ACCEPTED}, not {header[:MAX_ECHOED_CHARS]!r}", field="Content-Type"
-        ) from None
+        )
     for parameter in parameters.split(";"):
         name, _, value = parameter.partition("=")
         if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in UTF8_CHARSETS:
@@ -109,8 +136,9 @@ class Inflater:
         self._inflated = 0
         self._zlib = zlib.decompressobj(GZIP_WBITS)
 
-    def inflate(self, data: bytes) -> Iterator[bytes]:
-        """The inflated bytes of the next piece of the body, in steps of at most INFLATE_STEP_BYTES."""
+    def inflate(self, data: bytes, *, last: bool = False) -> Iterator[bytes]:
+        """The inflated bytes of the next piece of the body, in steps of at most INFLATE_STEP_BYTES; after the
+        ``last`` piece, a body that ended inside a gzip member is refused."""
         while data:
             try:
                 out = self._zlib.decompress(data, INFLATE_STEP_BYTES)
@@ -129,6 +157,8 @@ class Inflater:
                     self._zlib = zlib.decompressobj(GZIP_WBITS)
             else:
                 data = self._zlib.unconsumed_tail
+        if last:
+            self.finish()
 
     def finish(self) -> None:
         """Refuse a body that ended inside a gzip member."""
@@ -136,39 +166,48 @@ class Inflater:
             raise MalformedGzip("the gzip body is truncated", field="Content-Encoding")
 
 
-async def body_chunks(request: Request, settings: Settings) -> AsyncGenerator[bytes]:
-    """The body as it arrives, inflated if it is gzip, within both size limits."""
-    inflater = Inflater(settings.max_inflated_bytes) if is_gzip(request.headers.get("content-encoding")) else None
-    limit = settings.max_body_bytes
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            too_large = int(declared) > limit
-        except ValueError:
-            too_large = False  # the HTTP server has already refused a malformed length; the stream decides
-        if too_large:
-            raise _too_large(limit)
-    size = 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise _too_large(limit)
-            if inflater is None:
-                if chunk:
-                    yield chunk
-            else:
-                for inflated in inflater.inflate(chunk):
-                    yield inflated
-    except ClientDisconnect:
-        raise IncompleteBody("the client disconnected before the body was complete") from None
-    if inflater is not None:
-        inflater.finish()
+class Body:
+    """A request's body as it arrives, inflated if it is gzip, within both size limits.
 
+    Read with plain awaits of ASGI ``receive``: an async generator cost 1.6 µs more a request.
+    """
 
-async def read_body(request: Request, settings: Settings) -> bytes:
-    """The whole body (a JSON document has to be whole to be parsed), within both size limits."""
-    return b"".join([chunk async for chunk in body_chunks(request, settings)])
+    __slots__ = ("_inflater", "_limit", "_receive", "_size", "complete")
+
+    def __init__(self, receive: Receive, headers: BodyHeaders, settings: Settings) -> None:
+        self._inflater = Inflater(settings.max_inflated_bytes) if is_gzip(headers.content_encoding) else None
+        self._limit = settings.max_body_bytes
+        if headers.content_length is not None:
+            try:
+                too_large = int(headers.content_length) > self._limit
+            except ValueError:
+                too_large = False  # the HTTP server has already refused a malformed length; the stream decides
+            if too_large:
+                raise _too_large(self._limit)
+        self._receive = receive
+        self._size = 0
+        self.complete = False  # the last part was received
+
+    async def next_part(self) -> Iterable[bytes]:
+        """The bytes of the next part the server hands over (a gzip body's inflated as they are iterated)."""
+        message = await self._receive()
+        if message["type"] != "http.request":  # http.disconnect
+            raise IncompleteBody("the client disconnected before the body was complete")
+        chunk: bytes = message.get("body", b"")
+        self.complete = not message.get("more_body", False)
+        self._size += len(chunk)
+        if self._size > self._limit:
+            raise _too_large(self._limit)
+        if self._inflater is not None:
+            return self._inflater.inflate(chunk, last=self.complete)
+        return (chunk,)
+
+    async def read(self) -> bytes:
+        """The whole body (a JSON document has to be whole to be parsed)."""
+        parts: list[bytes] = []
+        while not self.complete:
+            parts.extend(await self.next_part())
+        return b"".join(parts)
 
 
 def _too_large(max_body_bytes: int) -> BodyTooLarge:

@@ -7,12 +7,11 @@ the service's gate (core/frontroutes.py); the FastAPI route below documents it i
 
 from __future__ import annotations
 
+from json.encoder import encode_basestring
 from typing import Any
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from core.auth import Forbidden, Grant
@@ -20,19 +19,30 @@ from core.errors import ApiError, ServiceUnavailable, error_responses
 from core.frontroutes import ServedBy
 from core.readings import Reading
 from core.settings import Settings
-from ingest.body import BodyFormat
+from ingest.body import BodyFormat, BodyHeaders
 from ingest.metrics import IngestMetrics
 from ingest.parse import read_readings
 from ingest.publisher import Publisher, Stored
 from ingest.ratelimit import DeviceRateLimiter, RateLimited, device_counts
 
 MAX_NAMED_READINGS = 100
+JSON_CONTENT_TYPE = (b"content-type", b"application/json")
 
 
 class Accepted(BaseModel):
     """The 202 answer: one result per reading, in request order (also for a single reading)."""
 
     results: list[Stored]
+
+
+def accepted_body(stored: list[Stored]) -> bytes:
+    """The 202 answer's JSON (``Accepted``), as compact as JSONResponse writes it, from bytes formatted in one go
+    (json.dumps of a dict per reading took 4 µs of a single reading's request)."""
+    results = ",".join(
+        f'{{"topic":{encode_basestring(s.topic)},"seq":{s.seq},"duplicate":{"true" if s.duplicate else "false"}}}'
+        for s in stored
+    )
+    return f'{{"results":[{results}]}}'.encode()
 
 
 class ReadingsEndpoint:
@@ -47,14 +57,10 @@ class ReadingsEndpoint:
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, grant: Grant) -> None:
-        response = await self.respond(Request(scope, receive), grant)
-        await response(scope, receive, send)
-
-    async def respond(self, request: Request, grant: Grant) -> JSONResponse:
-        """Read, check and store the request's readings; every failure is answered, none raised."""
+        """Read, check and store the request's readings, then answer; every failure is answered, none raised."""
         metrics = self.metrics
         try:
-            readings = await read_readings(request, self.settings)
+            readings = await read_readings(receive, BodyHeaders.of(scope), self.settings)
             metrics.readings_received.inc(len(readings))
             try:
                 check_topics(readings, grant)
@@ -64,13 +70,17 @@ class ReadingsEndpoint:
             stored = await self.store(readings)
         except ApiError as err:
             metrics.refused(err)
-            return err.response()
+            await err.response()(scope, receive, send)
+            return
         except Exception:
             metrics.failed()
             raise
         metrics.answered(202)
-        results = [{"topic": s.topic, "seq": s.seq, "duplicate": s.duplicate} for s in stored]
-        return JSONResponse({"results": results}, status_code=202)
+        body = accepted_body(stored)
+        # The answer Starlette's JSONResponse would send, headers in its order, without its per-answer objects.
+        headers = [(b"content-length", b"%d" % len(body)), JSON_CONTENT_TYPE]
+        await send({"type": "http.response.start", "status": 202, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
     async def store(self, readings: list[Reading]) -> list[Stored]:
         """Publish all or nothing; a device over its rate, or an unavailable JetStream, costs the device nothing."""

@@ -9,6 +9,12 @@ array or object follows one, so that bounds the work); otherwise an array is par
 1 µs more per reading, hence the count first (0.06 µs a reading). An NDJSON body is parsed line by line
 as it arrives, so only the parsed readings are kept, and reading stops at the first line past
 ``max_batch``.
+
+A JSON body that is valid from end to end (nearly every one) is first validated straight from its bytes by
+pydantic-core, which parses and validates in one pass: 4.7 µs for a single reading instead of 8.9, 3.5 per
+reading of a batch of 100 instead of 4.7. Any body it refuses is read again by the path above, which names
+what is wrong; tests/ingest/test_parse.py holds the two against each other (pydantic-core and ``json.loads``
+differ only on what pydantic-core refuses: a byte order mark, escaped lone surrogates, some malformed JSON).
 """
 
 from __future__ import annotations
@@ -16,20 +22,21 @@ from __future__ import annotations
 import json
 import json.scanner
 import re
-from contextlib import aclosing
-from typing import Any
+from functools import cache
+from typing import Annotated, Any
 
-from fastapi import Request
-from pydantic import TypeAdapter, ValidationError
+from pydantic import Field, TypeAdapter, ValidationError
+from starlette.types import Receive
 
 from core.errors import ApiError, location
 from core.readings import Reading
 from core.settings import Settings
-from ingest.body import BodyFormat, body_chunks, check_content_type, read_body
+from ingest.body import Body, BodyFormat, BodyHeaders, check_content_type
 
 MAX_ERROR_DETAILS = 100
 COMMAS_PER_READING = 32  # a reading has at most 23 outside its strings: 8 fields, 16 tags, one after it
 
+READING: TypeAdapter[Reading] = TypeAdapter(Reading)
 READINGS: TypeAdapter[list[Reading]] = TypeAdapter(list[Reading])
 # One value from a position: (value, end), or StopIteration. typeshed types its argument as a scanner (a TODO there).
 _scan = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
@@ -60,20 +67,24 @@ class BatchTooLarge(ApiError):
     code = "batch_too_large"
 
 
-async def read_readings(request: Request, settings: Settings) -> list[Reading]:
+async def read_readings(receive: Receive, headers: BodyHeaders, settings: Settings) -> list[Reading]:
     """Every check on a request, in order of cost, before anything is published."""
-    body_format = check_content_type(request.headers.get("content-type"))
+    body_format = check_content_type(headers.content_type)
+    body = Body(receive, headers, settings)
     if body_format is BodyFormat.NDJSON:
         lines = NdjsonLines(settings.max_batch)
-        async with aclosing(body_chunks(request, settings)) as chunks:
-            async for chunk in chunks:
-                lines.feed(chunk)
+        while not body.complete:
+            for part in await body.next_part():
+                lines.feed(part)
         return lines.readings()
-    return parse_readings(await read_body(request, settings), settings.max_batch)
+    return parse_readings(await body.read(), settings.max_batch)
 
 
 def parse_readings(body: bytes, max_batch: int) -> list[Reading]:
     """Validated readings from one object or a non-empty array of at most ``max_batch`` objects."""
+    valid = _valid_json(body, max_batch)
+    if valid is not None:
+        return valid
     document = _loads(body, where="", max_items=max_batch)
     if isinstance(document, dict):
         return _validate([document], single=True)
@@ -86,6 +97,29 @@ def parse_readings(body: bytes, max_batch: int) -> list[Reading]:
     if len(document) > max_batch:
         raise _too_many(max_batch)
     return _validate(document, single=False)
+
+
+def _valid_json(body: bytes, max_batch: int) -> list[Reading] | None:
+    """The readings of a body that starts with ``{`` or ``[`` and is valid all through, validated from its bytes;
+    None for any other (then parse_readings reads it for its errors), and for a body that would be read an
+    element at a time (its commas)."""
+    if body.count(b",") > COMMAS_PER_READING * max_batch:
+        return None
+    first = body[:1]
+    try:
+        if first == b"{":
+            return [READING.validate_json(body)]
+        if first == b"[":
+            return _batch_of_at_most(max_batch).validate_json(body)
+    except ValidationError:
+        return None
+    return None
+
+
+@cache
+def _batch_of_at_most(max_batch: int) -> TypeAdapter[list[Reading]]:
+    # The bound stops validating past max_batch readings (5 ms instead of 17 for 32,000 of ``[]``).
+    return TypeAdapter(Annotated[list[Reading], Field(min_length=1, max_length=max_batch)])
 
 
 def _too_many(max_batch: int) -> BatchTooLarge:

@@ -33,18 +33,19 @@ from ingest.publish_context import PublishContext
 log = structlog.get_logger(__name__)
 
 
-async def acknowledged(futures: list[asyncio.Future[PubAck]], deadline: float) -> None:
-    """Wait until every future is done, or the deadline passed.
+async def acknowledged(futures: list[asyncio.Future[PubAck]]) -> None:
+    """Wait until every future is done; the caller bounds the wait in time.
 
     JetStream acknowledges in the order of publishing, so once the last future is done the others almost
-    always are: one wait per batch instead of asyncio.wait's callback on every future.
+    always are: one wait per batch. A future is awaited directly (a task's own wake-up, no ``asyncio.wait``
+    and its timer: 8 to 10 µs a request); a failed one is looked at with the others afterwards.
     """
-    loop = asyncio.get_running_loop()
     for future in reversed(futures):
         if not future.done():
-            await asyncio.wait((future,), timeout=max(0.0, deadline - loop.time()))
-            if not future.done():
-                return
+            try:
+                await future
+            except Exception:  # its error is read in Publisher._collect and _first_error
+                pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,15 +98,11 @@ class Publisher:
             raise self._unavailable(f"cannot store readings now: {reason}", readings=readings, sent=0, acked=0)
         js = self._context(nc)
 
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._settings.publish_timeout_s
         started = time.perf_counter()
         encoded = stored_payloads(readings, datetime.now(UTC))
         futures: list[asyncio.Future[PubAck]] = []
         try:
-            failure = await self._send(js, readings, encoded, futures, deadline)
-            if failure is None:
-                await acknowledged(futures, deadline)
+            failure = await self._send(js, readings, encoded, futures)
         finally:
             # An abandoned future keeps its slot in nats-py's in-flight limit until it is done.
             for future in futures:
@@ -128,19 +125,25 @@ class Publisher:
         readings: Sequence[Reading],
         encoded: list[tuple[str, bytes]],
         futures: list[asyncio.Future[PubAck]],
-        deadline: float,
     ) -> str | None:
-        """Publish every reading without waiting for acknowledgements; None, or why not all were sent.
+        """Publish every reading, then wait for the acknowledgements, within ``publish_timeout_s`` in all; None when
+        every reading was sent (acknowledged or not: the caller counts), else why not all were sent.
 
         ``futures`` is the caller's, so that it can clean up whatever was sent before a failure.
         """
         subjects = self._subjects
         try:
-            # The timeout bounds the one wait a publish may do: for one of the max_in_flight slots.
-            async with asyncio.timeout_at(deadline) as window:
+            # One timeout for both: it bounds the one wait a publish may do (for one of the max_in_flight slots) and
+            # the wait for the acknowledgements.
+            async with asyncio.timeout(self._settings.publish_timeout_s) as window:
                 for reading, (topic, payload) in zip(readings, encoded, strict=True):
                     futures.append(await js.publish_reading(subjects.for_topic(topic), payload, reading.dedup_id))
+                if window.expired():  # nats-py swallows a cancellation inside a forced flush
+                    return self._timed_out(len(readings))
+                await acknowledged(futures)
         except TimeoutError:
+            if len(futures) == len(readings):
+                return None
             if js.slots_full():
                 return (
                     f"too many readings waiting for JetStream's acknowledgement in this process (max_in_flight "
@@ -151,8 +154,6 @@ class Publisher:
             return "lost the connection to NATS while publishing"
         except nats.errors.Error as err:
             return f"NATS refused the publish: {err}"
-        if window.expired():  # nats-py swallows a cancellation inside a forced flush
-            return self._timed_out(len(readings))
         return None
 
     def _collect(self, futures: list[asyncio.Future[PubAck]]) -> list[PubAck]:
@@ -160,7 +161,8 @@ class Publisher:
         acks = [f.result() for f in futures if f.done() and not f.cancelled() and f.exception() is None]
         duplicates = sum(1 for ack in acks if ack.duplicate)
         self._metrics.readings_stored.inc(len(acks) - duplicates)
-        self._metrics.readings_duplicate.inc(duplicates)
+        if duplicates:
+            self._metrics.readings_duplicate.inc(duplicates)
         return acks
 
     @staticmethod

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-import json.encoder
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from core import readings
-from core.readings import JSON_ENCODER, Reading, control_frame, event_frame, stored_payload, stored_payloads
+from core.readings import Reading, control_frame, event_frame, stored_payload, stored_payloads
 
 RECEIVED = datetime(2026, 11, 27, 7, 0, 0, tzinfo=UTC)
 
@@ -120,42 +120,35 @@ def test_a_batch_is_encoded_like_single_readings_with_one_receive_time() -> None
     assert json.loads(encoded[0][1])["tags"] == {"k": '"quoted" \\ \u2028 \U0001f600 \x00'}
 
 
-def test_on_the_pinned_cpython_stored_payloads_are_written_by_the_c_encoder() -> None:
-    assert JSON_ENCODER == "c_make_encoder"
+TEXT = st.text(st.characters(exclude_categories=["Cs"]), max_size=40)  # any text JSON can carry, escapes included
+TOKENS = st.from_regex(r"[A-Za-z0-9_-]{1,64}", fullmatch=True)
 
 
-def test_the_c_encoder_writes_what_the_public_encoder_writes(monkeypatch: pytest.MonkeyPatch) -> None:
-    batch = [
-        Reading(device="d", metric="m", value=0.1, tags={"k": '"quoted" \\ \u2028 \U0001f600 \x00 é'}),
-        Reading(device="boiler-7", metric="t", value=-71.5e300, site="plant1", unit="°C", id="b-1", ts=0),
-        Reading(device="d", metric="m", value=123456789012345678),
-    ]
-    fast = stored_payloads(batch, RECEIVED)
-    public = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-    monkeypatch.setattr(readings, "_encode", public)
-    assert stored_payloads(batch, RECEIVED) == fast
-    assert public(readings._SAMPLE) == readings._SAMPLE_JSON  # what the import-time check compares with
-
-
-def encoder_of_another_kind(*args: Any) -> Any:
-    return lambda body, level: ("{}",)
-
-
-def encoder_with_another_signature(markers: Any, default: Any) -> Any:
-    raise AssertionError("not called with these arguments")
-
-
-@pytest.mark.parametrize(
-    "change",
-    [
-        pytest.param(None, id="missing"),
-        pytest.param(encoder_of_another_kind, id="other-output"),
-        pytest.param(encoder_with_another_signature, id="other-signature"),
-    ],
+@settings(max_examples=300, deadline=None, database=None)
+@given(
+    device=TOKENS,
+    value=st.floats(allow_nan=False, allow_infinity=False),
+    site=TOKENS,
+    unit=st.none() | TEXT.map(lambda text: text[:32]),
+    tags=st.none() | st.dictionaries(TOKENS, TEXT, max_size=16),
+    reading_id=st.none() | st.from_regex(r"[\x21-\x7e]{1,128}", fullmatch=True),
+    ts=st.none() | st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=st.just(UTC)),
 )
-def test_a_c_encoder_that_is_missing_or_changed_is_not_used(monkeypatch: pytest.MonkeyPatch, change: Any) -> None:
-    if change is None:
-        monkeypatch.delattr(json.encoder, "c_make_encoder")
-    else:
-        monkeypatch.setattr(json.encoder, "c_make_encoder", change)
-    assert readings._c_encoder() is None
+def test_the_stored_json_is_what_json_dumps_writes_for_the_fields(
+    device: str,
+    value: float,
+    site: str,
+    unit: str | None,
+    tags: dict[str, str] | None,
+    reading_id: str | None,
+    ts: datetime | None,
+) -> None:
+    sent = {"device": device, "metric": "m", "value": value, "site": site, "unit": unit, "tags": tags, "id": reading_id}
+    reading = Reading(**sent, ts=None if ts is None else ts.isoformat())
+    fields = {name: getattr(reading, name) for name in Reading.model_fields if name != "ts"}  # every field but ts
+    expected = {"topic": reading.topic, **{name: value for name, value in fields.items() if value is not None}}
+    if ts is not None:
+        expected["ts"] = ts.isoformat(timespec="microseconds").replace("+00:00", "Z")
+    expected["received_at"] = "2026-11-27T07:00:00.000000Z"
+    written = json.dumps(expected, separators=(",", ":"), ensure_ascii=False).encode()
+    assert stored_payload(reading, RECEIVED) == written

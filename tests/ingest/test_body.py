@@ -6,13 +6,14 @@ import gzip
 import zlib
 
 import pytest
-from starlette.requests import Request
 from starlette.types import Message
 
 from core.settings import Settings
 from ingest.body import (
     INFLATE_STEP_BYTES,
+    Body,
     BodyFormat,
+    BodyHeaders,
     BodyTooLarge,
     Inflater,
     MalformedGzip,
@@ -20,7 +21,6 @@ from ingest.body import (
     UnsupportedMediaType,
     check_content_type,
     is_gzip,
-    read_body,
 )
 
 CHUNK = b"x" * 64
@@ -38,9 +38,9 @@ class EndlessBody:
         return {"type": "http.request", "body": self.chunk, "more_body": True}
 
 
-def request(receive: EndlessBody, headers: dict[str, str] | None = None) -> Request:
+def headers_of(headers: dict[str, str] | None = None) -> BodyHeaders:
     raw = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
-    return Request({"type": "http", "method": "POST", "path": "/v1/readings", "headers": raw}, receive)
+    return BodyHeaders.of({"type": "http", "method": "POST", "path": "/v1/readings", "headers": raw})
 
 
 def limits(max_body_bytes: int = 1000, max_inflated_bytes: int = 10_000) -> Settings:
@@ -50,14 +50,14 @@ def limits(max_body_bytes: int = 1000, max_inflated_bytes: int = 10_000) -> Sett
 async def test_endless_body_is_abandoned_at_the_limit() -> None:
     receive = EndlessBody()
     with pytest.raises(BodyTooLarge):
-        await read_body(request(receive), limits(max_body_bytes=1000))
+        await Body(receive, headers_of(), limits(max_body_bytes=1000)).read()
     assert receive.chunks == 1000 // len(CHUNK) + 1  # the first chunk past the limit is the last one read
 
 
 async def test_declared_length_over_the_limit_reads_nothing() -> None:
     receive = EndlessBody()
     with pytest.raises(BodyTooLarge):
-        await read_body(request(receive, {"Content-Length": "1001"}), limits(max_body_bytes=1000))
+        await Body(receive, headers_of({"Content-Length": "1001"}), limits(max_body_bytes=1000)).read()
     assert receive.chunks == 0
 
 
@@ -68,10 +68,11 @@ async def test_endless_gzip_body_is_abandoned_at_the_inflated_limit() -> None:
     head = zeros.compress(b"\0" * 10_000_000) + zeros.flush(zlib.Z_SYNC_FLUSH)
     receive = EndlessBody(head)
     with pytest.raises(BodyTooLarge, match="inflates to more than 10000 bytes"):
-        await read_body(
-            request(receive, {"Content-Encoding": "gzip"}),
+        await Body(
+            receive,
+            headers_of({"Content-Encoding": "gzip"}),
             limits(max_body_bytes=100 * len(head), max_inflated_bytes=10_000),
-        )
+        ).read()
     assert receive.chunks == 1
 
 

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from core.errors import ApiError
+from core.readings import Reading
 from ingest.parse import (
     MAX_ERROR_DETAILS,
     BatchTooLarge,
@@ -166,3 +172,47 @@ def test_a_value_out_of_range_is_422_naming_value(value: str) -> None:
     with pytest.raises(InvalidReadings) as invalid:
         parse_readings(b'{"device": "d", "metric": "m", "value": %s}' % value.encode(), max_batch=1)
     assert invalid.value.field == "value"
+
+
+def mostly(valid: st.SearchStrategy[Any], other: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """Valid nine times in ten: most bodies pass validation and take pydantic-core's path."""
+    return st.integers(0, 9).flatmap(lambda draw: other if draw == 0 else valid)
+
+
+JSON_VALUES = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=40))
+VALID_TOKENS = st.from_regex(r"[A-Za-z0-9_-]{1,64}", fullmatch=True)
+TOKENS = mostly(VALID_TOKENS, st.text(max_size=70))
+READINGS_AS_SENT = st.fixed_dictionaries(
+    {"device": TOKENS, "metric": TOKENS, "value": mostly(st.floats() | st.integers(), JSON_VALUES)},
+    optional={
+        "site": TOKENS,
+        "unit": mostly(st.text(max_size=32), st.text(min_size=33) | JSON_VALUES),
+        "tags": mostly(
+            st.dictionaries(VALID_TOKENS, st.text(max_size=256), max_size=16),
+            st.dictionaries(st.text(), st.text(max_size=300), max_size=18) | JSON_VALUES,
+        ),
+        "id": mostly(st.from_regex(r"[\x21-\x7e]{1,128}", fullmatch=True), st.text(max_size=130) | JSON_VALUES),
+        "ts": mostly(st.datetimes(timezones=st.timezones()).map(datetime.isoformat) | st.floats(0, 1e10), JSON_VALUES),
+    },
+)
+
+
+def outcome(parse: Callable[[], list[Reading]]) -> Any:
+    """What a client would see: the readings, or the error's status and field."""
+    try:
+        return [reading.model_dump() for reading in parse()]
+    except ApiError as err:
+        return (err.status, err.field)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(items=st.lists(READINGS_AS_SENT, min_size=1, max_size=3), single=st.booleans(), ascii_only=st.booleans())
+def test_a_json_body_gives_what_the_same_readings_as_ndjson_give(
+    items: list[dict[str, Any]], single: bool, ascii_only: bool
+) -> None:
+    # A valid JSON body is validated from its bytes by pydantic-core; NDJSON lines always take json.loads and
+    # validate_python. Strings are sent escaped (\u00e9, surrogate pairs) or as UTF-8.
+    items = items[:1] if single else items
+    body = json.dumps(items[0] if single else items, ensure_ascii=ascii_only).encode()
+    lines = b"".join(json.dumps(item, ensure_ascii=ascii_only).encode() + b"\n" for item in items)
+    assert outcome(lambda: parse_readings(body, max_batch=10)) == outcome(lambda: fed(lines, 1000).readings())
