@@ -189,6 +189,7 @@ class Connection:
         if seq <= self.last_seq or self.ending:
             return False
         self.last_seq = seq
+        # ``_behind`` is only called while a write waits (it checks that too): a call saved per delivery.
         if self._waiting or (self._writer is not None and self._behind()) or not self.pacer.take(now):
             self._conflate(topic, seq, frame)
             return False

@@ -209,13 +209,14 @@ class Hub:
         # Nothing suspends from here on: the filters, the sequence they start after and the connections they carry
         # are one decision.
         filters = self.interest.wanted()
+        subjects = [self.subjects.for_pattern(pattern) for pattern in filters]
         changed = self._feed is None or filters != self.interest.filters
         if self._feed is None:
             self.last_seq = info.state.last_seq
-            self._feed = self._new_feed([self.subjects.for_pattern(pattern) for pattern in filters], info.created)
+            self._feed = self._new_feed(subjects, info.created)
             self._feed.follow()
         elif changed:
-            self._feed.change_filters([self.subjects.for_pattern(pattern) for pattern in filters])
+            self._feed.change_filters(subjects)
         self.interest.use(filters)
         joining, self._joining = self._joining, {}
         for connection, joined in joining.items():
