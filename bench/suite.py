@@ -66,18 +66,17 @@ class Suite:
                     log(f"{name} failed: {err!r}")
                     self.report.note(f"{name} failed: {err!r}")
 
-    async def _fanout_one(self, name: str, counts: list[int]) -> None:
+    async def _fanout_one(self, name: str, plan: list[tuple[int, list[Regime]]]) -> None:
+        """One server started fresh, measured once for each subscriber count of ``plan`` in its regimes."""
         if name == "nchan" and not self.lab.nchan_available():
             self.report.note("Nchan not installed (apt-get install -y nginx libnginx-mod-nchan): no Nchan rows")
             return
         server = await self._start(name)
         publisher = Publisher(server.publish_port or self.lab.ingest_port, nchan=server.publish_port is not None)
         try:
-            for count in filter(None, counts):  # --many 0 skips the large round
-                repeats = self.args.repeats if name in ("stream", "ceiling") and count <= self.args.subscribers else 1
-                log(f"fan-out: {name}, {count} subscribers, {self.args.readings} readings x{repeats} ...")
-                regimes = [regime for regime in REGIMES if not (regime == "lockstep" and name in SLOW)]
-                for result in await fanout(server, publisher, [count], regimes, self.args.readings, repeats):
+            for count, regimes in plan:
+                log(f"fan-out: {name}, {count} subscribers, {self.args.readings} readings, {', '.join(regimes)} ...")
+                for result in await fanout(server, publisher, [count], regimes, self.args.readings, 1):
                     self.fan.setdefault((name, count, result.regime), []).append(result)
                     log(
                         f"  {result.regime}: {us(result.us_per_event)} (lost {result.lost}, lag {result.lag_s:.3f} s, "
@@ -90,6 +89,17 @@ class Suite:
             await publisher.close()
             self.lab.stop(server)
 
+    def _round_plan(self, name: str, round_index: int) -> list[tuple[int, list[Regime]]]:
+        """What one interleaved round measures of a server: every regime at ``--subscribers``; at ``--many``,
+        lockstep (the goal against Nchan), and the other regimes in the first round, for the ceiling and the stream
+        service."""
+        small, many = self.args.subscribers, self.args.many
+        plan: list[tuple[int, list[Regime]]] = [(small, REGIMES)]
+        if many:
+            all_regimes = round_index == 0 and name != "nchan"
+            plan.append((many, REGIMES if all_regimes else ["lockstep"]))
+        return plan
+
     async def _start(self, name: str) -> Server:
         if name == "stream":
             return await self.lab.start_stream()
@@ -99,19 +109,22 @@ class Suite:
 
     def _fan_us(self, name: str, count: int, regime: Regime) -> float:
         results = self.fan.get((name, count, regime), [])
-        return statistics.mean(r.us_per_event for r in results) if results else float("nan")
+        return statistics.median(r.us_per_event for r in results) if results else float("nan")
 
     async def fanout(self) -> None:
-        """Workload 1; the ceiling is measured first and again last, and its mean is the reference."""
-        small, many = self.args.subscribers, self.args.many
+        """Workload 1: ``--repeats`` rounds, each the ceiling, the stream service and Nchan in turn (interleaved: the
+        machine's drift falls on all three), figures their medians; the other references once, at the end."""
+        interleaved = ["ceiling", "stream", *(name for name in self.args.references if name == "nchan")]
         try:
-            await self._fanout_one("ceiling", [small, many])
-            await self._fanout_one("stream", [small, many])
+            for round_index in range(self.args.repeats):
+                for name in interleaved:
+                    await self._fanout_one(name, self._round_plan(name, round_index))
             for name in self.args.references:
-                await self._fanout_one(name, [small])
-            await self._fanout_one("ceiling", [small])
+                if name != "nchan":
+                    regimes = [regime for regime in REGIMES if not (regime == "lockstep" and name in SLOW)]
+                    await self._fanout_one(name, [(self.args.subscribers, regimes)])
         finally:  # what was measured goes into the table, also when interrupted
-            for count in (small, many):
+            for count in (self.args.subscribers, self.args.many):
                 for regime in REGIMES:
                     self._fanout_rows(count, regime)
             for results in self.fan.values():
@@ -192,7 +205,7 @@ class Suite:
         """The ceiling's cost from this run, measured now if the fan-out workload was not selected."""
         count = self.args.subscribers
         if ("ceiling", count, "spaced") not in self.fan:
-            await self._fanout_one("ceiling", [count])
+            await self._fanout_one("ceiling", [(count, REGIMES)])
         return f"ceiling {self._fan_us('ceiling', count, 'spaced'):.2f} µs/event (spaced, {count} subs)"
 
     async def memory(self) -> None:

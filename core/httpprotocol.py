@@ -15,6 +15,11 @@
   second write after the EOF (the first makes the client's kernel answer with a reset): a dashboard
   that closes an idle stream would hold its connection, and its per-client slot, for up to two
   keep-alive intervals. A stream that had not begun at EOF (a resume waiting for JetStream) is written.
+- **One write per answer of known length.** uvicorn writes an answer's head when the app starts it and its body
+  when the app sends it: two writes, two system calls and two packets for every short answer (a reading's 202 paid
+  8 to 10 µs of its 180 for the second). ``OneWriteCycle`` holds the head of an answer with a ``Content-Length``
+  and writes it with the first part of the body. An answer of unknown length (a stream) has its head written at
+  once, as before: a dashboard waiting for a resume sees its stream open.
 - **Lingering close.** A 431 is written, then the sending side is shut down and what the client still
   sends is read and dropped, up to ``discard_max_bytes`` and ``discard_timeout_s``, before the connection
   closes: closing a socket with unread bytes makes the kernel send a reset, and the client would lose the
@@ -35,6 +40,7 @@ from http import HTTPStatus
 from typing import Any, ClassVar
 
 import structlog
+from starlette.types import Message
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
@@ -59,6 +65,8 @@ INIT_ATTRIBUTES: tuple[tuple[type, str], ...] = (
     (RequestResponseCycle, "response_started"),
     (RequestResponseCycle, "chunked_encoding"),
     (RequestResponseCycle, "response_complete"),
+    (RequestResponseCycle, "expected_content_length"),
+    (RequestResponseCycle, "scope"),
 )
 
 
@@ -197,6 +205,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if cycle is not None and cycle is not existing:  # made just now: its task has not run (see core/lean.py)
             cycle.message_event = LeanEvent(cycle.message_event.is_set())  # type: ignore[assignment]
+            cycle.__class__ = OneWriteCycle  # uvicorn makes its own class; the task will call this one's send
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -255,3 +264,47 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+
+class HeadWrites:
+    """What a transport would have been given to write, kept instead (``OneWriteCycle``)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self) -> None:
+        self.data = b""
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+
+class OneWriteCycle(RequestResponseCycle):
+    """uvicorn's request cycle, writing the head of an answer with a ``Content-Length`` together with its body.
+
+    uvicorn builds and checks the head as always, into ``HeadWrites`` instead of the transport, and the first body
+    message carries it: its length is added to what uvicorn expects of the body. Only where uvicorn's ``send`` of the
+    head cannot wait (the transport is writable), and not for ``HEAD`` (uvicorn writes no body for it).
+    """
+
+    _held_head: bytes = b""
+
+    async def send(self, message: Message) -> None:  # type: ignore[override]  # uvicorn types ASGI messages narrowly
+        if self._held_head and message["type"] == "http.response.body":
+            head, self._held_head = self._held_head, b""
+            self.expected_content_length += len(head)
+            message = {**message, "body": head + message.get("body", b"")}
+        elif message["type"] == "http.response.start" and self._holds(message):
+            transport, self.transport = self.transport, HeadWrites()  # type: ignore[assignment]
+            try:
+                await super().send(message)  # type: ignore[arg-type]  # does not wait: the transport is writable
+                self._held_head = self.transport.data  # type: ignore[attr-defined]
+            finally:
+                self.transport = transport
+            return
+        await super().send(message)  # type: ignore[arg-type]
+
+    def _holds(self, message: Message) -> bool:
+        """Whether the head of this answer waits for its body."""
+        if self.response_started or self.flow.write_paused or self.disconnected or self.scope["method"] == "HEAD":
+            return False
+        return any(name.lower() == b"content-length" for name, _ in message.get("headers", ()))

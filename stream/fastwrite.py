@@ -68,7 +68,7 @@ def internals_present(cycle: RequestResponseCycle) -> bool:
 def _httptools_cycle(send: Send) -> RequestResponseCycle | None:
     """The httptools cycle whose ``send`` this is, if it has everything read here."""
     cycle = getattr(getattr(send, "__wrapped__", send), "__self__", None)  # through core.cors.AddedHeaders
-    if type(cycle) is not RequestResponseCycle or not internals_present(cycle):
+    if not isinstance(cycle, RequestResponseCycle) or not internals_present(cycle):
         return None
     return cycle
 

@@ -286,3 +286,90 @@ async def test_an_open_connection_keeps_its_attributes_in_the_class_shared_dict_
         assert isinstance(protocol.flow._is_writable_event, LeanEvent)
         assert isinstance(protocol.cycle.message_event, LeanEvent)
         transport.close()
+
+
+class RecordedWrites:
+    """A transport that notes every write it is given before it writes it."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+        self.transport.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+
+@asynccontextmanager
+async def recorded_connection(app: FastAPI) -> AsyncIterator[tuple[socket.socket, RecordedWrites]]:
+    """A connection of the guarded protocol serving ``app``: the client's socket and the server's writes."""
+    config = server_config(app, "127.0.0.1", 0, 1, "127.0.0.1", HttpLimits.of(Settings()))
+    config.load()
+    loop = asyncio.get_running_loop()
+    protocol = config.http_protocol_class(config=config, server_state=ServerState(), app_state={})
+    ours, theirs = socket.socketpair()
+    with theirs:
+        transport, _ = await loop.connect_accepted_socket(lambda: protocol, ours)
+        recorded = RecordedWrites(transport)  # type: ignore[arg-type]
+        protocol.transport = recorded  # type: ignore[assignment]  # what the request's cycle writes to
+        theirs.setblocking(False)
+        try:
+            yield theirs, recorded
+        finally:
+            transport.close()
+
+
+async def read_until(sock: socket.socket, end: bytes) -> bytes:
+    """What the server sends, until ``end`` arrived."""
+    received = b""
+    async with asyncio.timeout(CLOSED_WITHIN_S):
+        while not received.endswith(end):
+            received += await asyncio.get_running_loop().sock_recv(sock, 65536)
+    return received
+
+
+@pytest.mark.parametrize("method", [b"GET", b"POST"])
+async def test_an_answer_of_known_length_is_written_whole_in_one_write(method: bytes) -> None:
+    # uvicorn writes head and body apart: two system calls and two packets for every short answer.
+    async def fixed(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 202, "headers": [(b"content-length", b"5")]})
+        await send({"type": "http.response.body", "body": b"saved"})
+
+    app = FrontRoutedApp()
+    app.front_routes[(method.decode(), "/fixed")] = fixed
+    async with recorded_connection(app) as (client, server):
+        await asyncio.get_running_loop().sock_sendall(
+            client, b"%s /fixed HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n" % method
+        )
+        received = await read_until(client, b"saved")
+    assert server.writes == [received]
+    assert answer(received)[:1] == (202,) and received.endswith(b"\r\n\r\nsaved")
+
+
+async def test_the_head_of_a_stream_and_of_a_head_request_is_written_at_once() -> None:
+    # A dashboard whose resume waits for JetStream sees its stream open; HEAD has no body to carry its head.
+    release = asyncio.Event()
+
+    async def stream(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        await release.wait()
+        await send({"type": "http.response.body", "body": b"later"})
+
+    async def described(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"5")]})
+        await release.wait()
+        await send({"type": "http.response.body", "body": b""})
+
+    app = FrontRoutedApp()
+    app.front_routes[("GET", "/stream")] = stream
+    app.front_routes[("HEAD", "/described")] = described
+    for request in (b"GET /stream", b"HEAD /described"):
+        release.clear()
+        async with recorded_connection(app) as (client, server):
+            await asyncio.get_running_loop().sock_sendall(client, b"%s HTTP/1.1\r\nHost: x\r\n\r\n" % request)
+            head = await read_until(client, b"\r\n\r\n")
+            assert answer(head)[0] == 200 and server.writes == [head]
+            release.set()
