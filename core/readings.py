@@ -11,25 +11,16 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, StringConstraints, field_validator
-from pydantic_core import PydanticCustomError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from core.topics import TOKEN_RE, topic_of
 
-
-def _check_token(value: str) -> str:
-    if not TOKEN_RE.fullmatch(value):
-        raise PydanticCustomError(
-            "token", "must be 1-64 characters of A-Z a-z 0-9 _ - (it becomes one NATS subject token)"
-        )
-    return value
-
-
-# The pattern is documented (the OpenAPI document, and what clients and fuzzers generate from); _check_token
-# enforces it with a message of its own.
-Token = Annotated[
-    str, Strict(), AfterValidator(_check_token), Field(json_schema_extra={"pattern": f"^{TOKEN_RE.pattern}$"})
-]
+TOKEN_PATTERN = f"^{TOKEN_RE.pattern}$"
+# What a token that does not match its pattern is told (ingest/parse.py words the error so): pydantic's own message
+# would print the regular expression. Checked by pydantic-core itself: a Python validator per token cost 0.4 µs,
+# 2 µs of a reading with two tags.
+TOKEN_MESSAGE = "must be 1-64 characters of A-Z a-z 0-9 _ - (it becomes one NATS subject token)"
+Token = Annotated[str, StringConstraints(pattern=TOKEN_PATTERN, strict=True)]
 FiniteNumber = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 MAX_TAGS = 16
 MAX_TAG_VALUE_CHARS = 256

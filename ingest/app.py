@@ -9,7 +9,6 @@ from typing import Any
 
 import structlog
 from fastapi import FastAPI
-from prometheus_client import Histogram
 from starlette.types import Receive, Scope, Send
 
 from core.auth import CredentialPlaces, Gate
@@ -20,6 +19,7 @@ from core.health import health_router
 from core.jetstream import JetStreamLink
 from core.redact import redact_urls
 from core.settings import Settings
+from core.tallies import TalliedHistogram
 from ingest.drain import DrainedRequest
 from ingest.endpoint import ReadingsEndpoint, readings_router
 from ingest.metrics import IngestMetrics
@@ -34,7 +34,7 @@ READINGS_PATH = "/v1/readings"
 class IngestApp(FrontRoutedApp):
     """The ingest service's app: an answer given before the request's body ended drains the rest (ingest/drain.py)."""
 
-    def __init__(self, settings: Settings, request_seconds: Histogram, **kwargs: Any) -> None:
+    def __init__(self, settings: Settings, request_seconds: TalliedHistogram, **kwargs: Any) -> None:
         super().__init__(cors=Cors(settings.cors_origins), docs=settings.docs, **kwargs)
         self.discard_max_bytes = settings.discard_max_bytes
         self.discard_timeout_s = settings.discard_timeout_s

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from core.auth import Forbidden, Unauthorized
 from core.errors import ApiError, ServiceUnavailable
+from core.tallies import TalliedCounter, TalliedHistogram, Tally
 from ingest.body import BodyTooLarge, IncompleteBody, MalformedGzip, UnsupportedEncoding, UnsupportedMediaType
 from ingest.parse import BatchTooLarge, InvalidReadings, MalformedJson
 from ingest.ratelimit import RateLimited
@@ -39,27 +40,25 @@ class IngestMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "telemetry_ingest_requests",
-            "POST /v1/readings answers by HTTP status code.",
-            ["status"],
-            registry=self.registry,
+        # What changes on every request is tallied (core/tallies.py); the refusals' counters are prometheus_client's.
+        self.requests = TalliedCounter(
+            "telemetry_ingest_requests", "POST /v1/readings answers by HTTP status code.", self.registry, "status"
         )
-        self._answers: dict[int, Counter] = {}
-        readings = Counter(
+        self._answers: dict[int, Tally] = {}
+        readings = TalliedCounter(
             "telemetry_ingest_readings",
             "Readings acknowledged by JetStream: stored, or duplicate of a reading with the same id.",
-            ["result"],
-            registry=self.registry,
+            self.registry,
+            "result",
         )
-        # Bound once: both series exist from the start, and the hot path skips the label lookup.
-        self.readings_stored = readings.labels(result="stored")
-        self.readings_duplicate = readings.labels(result="duplicate")
-        self.readings_received = Counter(
+        # Both series exist from the start, and the hot path skips the label lookup.
+        self.readings_stored = readings.series("stored")
+        self.readings_duplicate = readings.series("duplicate")
+        self.readings_received = TalliedCounter(
             "telemetry_ingest_readings_received",
             "Readings in requests that passed authentication and parsing (whatever became of them then).",
-            registry=self.registry,
-        )
+            self.registry,
+        ).series("")
         rejected = Counter(
             "telemetry_ingest_readings_rejected",
             "Readings of parsed requests that were not stored: forbidden topic, device over its rate, or not "
@@ -79,17 +78,17 @@ class IngestMetrics:
         self._refusals = {error: refused.labels(reason=reason) for error, reason in REFUSALS.items()}
         self._refused_other = refused.labels(reason=REFUSAL_OTHER)
         self._refused_error = refused.labels(reason=REFUSAL_ERROR)
-        self.publish_seconds = Histogram(
+        self.publish_seconds = TalliedHistogram(
             "telemetry_ingest_publish_seconds",
             "Time from a request's first publish to its last acknowledgement, for requests stored in full.",
-            buckets=PUBLISH_BUCKETS_S,
-            registry=self.registry,
+            PUBLISH_BUCKETS_S,
+            self.registry,
         )
-        self.request_seconds = Histogram(
+        self.request_seconds = TalliedHistogram(
             "telemetry_ingest_request_duration_seconds",
             "Time from a POST /v1/readings request's start to the end of its answer, whatever the answer.",
-            buckets=REQUEST_BUCKETS_S,
-            registry=self.registry,
+            REQUEST_BUCKETS_S,
+            self.registry,
         )
 
     def track_devices(self, count: Callable[[], int]) -> None:
@@ -103,10 +102,10 @@ class IngestMetrics:
 
     def answered(self, status: int) -> None:
         """Count one answer to POST /v1/readings."""
-        child = self._answers.get(status)
-        if child is None:  # a status code is one of a few: bound on first use, then looked up in a dict
-            child = self._answers[status] = self.requests.labels(status=str(status))
-        child.inc()
+        tally = self._answers.get(status)
+        if tally is None:  # a status code is one of a few: made on first use, then looked up in a dict
+            tally = self._answers[status] = self.requests.series(str(status))
+        tally.count += 1
 
     def refused(self, err: ApiError) -> None:
         """Count one request answered with ``err`` (its answer, and its reason)."""

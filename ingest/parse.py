@@ -26,10 +26,11 @@ from functools import cache
 from typing import Annotated, Any
 
 from pydantic import Field, TypeAdapter, ValidationError
+from pydantic_core import ErrorDetails
 from starlette.types import Receive
 
 from core.errors import ApiError, location
-from core.readings import Reading
+from core.readings import TOKEN_MESSAGE, TOKEN_PATTERN, Reading
 from core.settings import Settings
 from ingest.body import Body, BodyFormat, BodyHeaders, check_content_type
 
@@ -240,14 +241,14 @@ def _validate(items: list[Any], *, single: bool, lines: list[int] | None = None)
 def _invalid(err: ValidationError, *, count: int, single: bool, lines: list[int] | None) -> InvalidReadings:
     """One detail per error: ``index`` (None for a single object), ``field`` (None for the whole item), and
     for NDJSON the ``line``."""
-    errors = err.errors(include_url=False, include_input=False, include_context=False)
+    errors = err.errors(include_url=False, include_input=False)
     details: list[dict[str, Any]] = []
     for error in errors[:MAX_ERROR_DETAILS]:
         index, *field = error["loc"]
         detail: dict[str, Any] = {
             "index": None if single else index,
             "field": location(tuple(field)) if field else None,
-            "message": error["msg"],
+            "message": _message(error),
         }
         if lines is not None:
             detail["line"] = lines[int(index)]
@@ -263,6 +264,13 @@ def _invalid(err: ValidationError, *, count: int, single: bool, lines: list[int]
     if len(errors) > MAX_ERROR_DETAILS:
         message += f" ({len(errors)} errors; the first {MAX_ERROR_DETAILS} are listed)"
     return InvalidReadings(message, field=first["field"], details=details)
+
+
+def _message(error: ErrorDetails) -> str:
+    """pydantic's message, but for a token (which says what a token may hold rather than print its pattern)."""
+    if error["type"] == "string_pattern_mismatch" and error.get("ctx", {}).get("pattern") == TOKEN_PATTERN:
+        return TOKEN_MESSAGE
+    return error["msg"]
 
 
 def _json_kind(document: Any) -> str:

@@ -61,7 +61,6 @@ INTERNAL_ATTRIBUTES: tuple[tuple[type, str, tuple[type, ...]], ...] = (
     (NATS, "_inbox_prefix", (bytearray,)),
     (JetStreamContext, "_async_reply_prefix", (bytearray, NoneType)),
     (JetStreamContext, "_publish_async_futures", (dict,)),
-    (JetStreamContext, "_publish_async_pending_semaphore", (asyncio.Semaphore,)),
     (JetStreamContext, "_publish_async_completed_event", (asyncio.Event,)),
 )
 
@@ -109,6 +108,10 @@ class PublishContext(JetStreamContext):
         self._stream_header = b"%s: %s\r\n\r\n" % (Header.EXPECTED_STREAM.value.encode(), stream.encode())
         self._reply_prefix = b""
         self._tokens = 0
+        # The lean path's in-flight slots: publish_async's semaphore checked its waiters with a generator on every
+        # acquire (``Semaphore.locked``), 0.5 µs a reading.
+        self._free_slots = max_in_flight
+        self._slot_freed = asyncio.Event()
         missing = missing_internals(nc, self)
         self.lean = not missing
         if missing:
@@ -166,10 +169,12 @@ class PublishContext(JetStreamContext):
                 await self._init_async_reply()  # the reply subscription, shared with publish_async
             assert self._async_reply_prefix is not None
             self._reply_prefix = bytes(self._async_reply_prefix)
-        await self._publish_async_pending_semaphore.acquire()
+        while not self._free_slots:
+            self._slot_freed.clear()
+            await self._slot_freed.wait()
         if not nc.is_connected or nc.is_draining_pubs:
-            self._publish_async_pending_semaphore.release()
             raise nats.errors.ConnectionReconnectingError
+        self._free_slots -= 1
 
         # Unique among this context's pending publishes, which is all a reply token has to be.
         self._tokens += 1
@@ -222,4 +227,5 @@ class PublishContext(JetStreamContext):
         self._publish_async_futures.pop(token, None)
         if not self._publish_async_futures:
             self._publish_async_completed_event.set()
-        self._publish_async_pending_semaphore.release()
+        self._free_slots += 1
+        self._slot_freed.set()

@@ -160,9 +160,8 @@ class Publisher:
         """The acknowledgements received, counted in the metrics even when the request as a whole fails."""
         acks = [f.result() for f in futures if f.done() and not f.cancelled() and f.exception() is None]
         duplicates = sum(1 for ack in acks if ack.duplicate)
-        self._metrics.readings_stored.inc(len(acks) - duplicates)
-        if duplicates:
-            self._metrics.readings_duplicate.inc(duplicates)
+        self._metrics.readings_stored.count += len(acks) - duplicates
+        self._metrics.readings_duplicate.count += duplicates
         return acks
 
     @staticmethod

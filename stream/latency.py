@@ -12,14 +12,14 @@ a call. Measured with 200 connections, one reading at a time written to all (del
 from __future__ import annotations
 
 import time
-from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
-from prometheus_client.core import HistogramMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from core.readings import READING_PREFIX
+from core.tallies import TalliedHistogram
 
 NAME = "telemetry_stream_end_to_end_latency_seconds"
 BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -56,8 +56,12 @@ class EndToEndLatency(Collector):
     """A histogram of live readings' end-to-end latency, kept as plain integers and exposed at scrape."""
 
     def __init__(self) -> None:
-        self._counts = [0] * (len(BUCKETS_S) + 1)  # the last one: beyond the largest bound (+Inf)
-        self._sum = 0.0
+        self._histogram = TalliedHistogram(
+            NAME,
+            "Live readings written to clients, by the time from their received_at stamp at the ingest to the write "
+            "to the client's socket (the stream's and the ingest's clocks: their skew is in it).",
+            BUCKETS_S,
+        )
         # The writes being added up: the first frame of each, their loop turn's clock, how many live readings they
         # carried, and their oldest live reading's received_at (None: not one of the ingest's).
         self.first = b""
@@ -81,20 +85,8 @@ class EndToEndLatency(Collector):
         readings, self.readings = self.readings, 0
         if not readings or self._received is None:
             return
-        age = self.now + (time.time() - time.monotonic()) - self._received
-        self._counts[bisect_left(BUCKETS_S, age)] += readings
-        self._sum += age * readings
+        self._histogram.observe(self.now + (time.time() - time.monotonic()) - self._received, readings)
 
     def collect(self) -> Iterable[Metric]:
         self.settle()
-        cumulative, buckets = 0, []
-        for bound, count in zip((*map(str, BUCKETS_S), "+Inf"), self._counts, strict=True):
-            cumulative += count
-            buckets.append((bound, cumulative))
-        yield HistogramMetricFamily(
-            NAME,
-            "Live readings written to clients, by the time from their received_at stamp at the ingest to the write "
-            "to the client's socket (the stream's and the ingest's clocks: their skew is in it).",
-            buckets=buckets,
-            sum_value=self._sum,
-        )
+        yield from self._histogram.collect()

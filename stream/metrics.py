@@ -8,18 +8,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from core.tallies import Tally
 from stream.latency import EndToEndLatency
-
-
-class Tally:
-    """A count kept as a plain integer, for one that changes per connection per event: a Counter's lock costs more
-    than the change it counts. Exposed at scrape (``HubCounters``)."""
-
-    __slots__ = ("count",)
-
-    def __init__(self) -> None:
-        self.count = 0
-
 
 STARTS = ("live", "resume", "since", "snapshot")  # how a stream starts: stream/sse.py's how_it_starts
 # The reasons a stream is ended, refused or reset: each series exists from the start, at 0, for rates and alerts.

@@ -14,8 +14,8 @@ import asyncio
 from collections import OrderedDict
 from collections.abc import Callable
 
+from core.tallies import Tally
 from stream.limits import TokenBucket
-from stream.metrics import Tally
 
 
 class Pacer(TokenBucket):

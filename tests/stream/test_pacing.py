@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from core.readings import Reading, event_frame, stored_payload
-from stream.metrics import Tally
+from core.tallies import Tally
 from stream.pacing import Pacer
 
 NOW = datetime(2026, 11, 27, tzinfo=UTC)
