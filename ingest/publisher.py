@@ -27,6 +27,7 @@ from core.jetstream import JetStreamLink
 from core.readings import Reading, stored_payloads
 from core.settings import Settings
 from core.topics import Subjects
+from ingest.deadlines import Deadlines
 from ingest.metrics import IngestMetrics
 from ingest.publish_context import PublishContext
 
@@ -72,6 +73,7 @@ class Publisher:
         self._settings = settings
         self._metrics = metrics
         self._subjects = Subjects(settings.subject_prefix)
+        self._deadlines = Deadlines(settings.publish_timeout_s)
         self._js: PublishContext | None = None
 
     def in_flight(self) -> int:
@@ -135,7 +137,7 @@ class Publisher:
         try:
             # One timeout for both: it bounds the one wait a publish may do (for one of the max_in_flight slots) and
             # the wait for the acknowledgements.
-            async with asyncio.timeout(self._settings.publish_timeout_s) as window:
+            async with self._deadlines.window() as window:
                 for reading, (topic, payload) in zip(readings, encoded, strict=True):
                     futures.append(await js.publish_reading(subjects.for_topic(topic), payload, reading.dedup_id))
                 if window.expired():  # nats-py swallows a cancellation inside a forced flush
