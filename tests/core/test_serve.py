@@ -36,3 +36,17 @@ async def test_the_client_and_scheme_come_from_a_trusted_proxy_only_and_the_app_
         # The app's own awaitable: nothing of ForwardedHeaders waits around it while the request is served.
         assert forwarded(scope, receive, send) is answer
     assert seen == [(("203.0.113.7", 0), "https"), (("10.0.0.2", 40000), "http")]
+
+
+async def test_either_forwarded_header_alone_is_read_and_a_request_without_them_is_left_as_it_came() -> None:
+    seen: list[tuple[object, object]] = []
+
+    def app(scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        seen.append((scope["client"], scope["scheme"]))
+        return asyncio.sleep(0)
+
+    forwarded = ForwardedHeaders(app, PROXY)
+    for headers in ([FORWARDED[0]], [FORWARDED[1]], [(b"host", b"telemetry")]):
+        scope = {"type": "http", "scheme": "http", "client": (PROXY, 40000), "headers": [(b"accept", b"*/*"), *headers]}
+        await forwarded(scope, receive, send)
+    assert seen == [(("203.0.113.7", 0), "http"), ((PROXY, 40000), "https"), ((PROXY, 40000), "http")]
