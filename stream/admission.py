@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 
 from core.settings import Settings
@@ -59,6 +60,6 @@ class Admission:
             return "too_many_connections"
         if self.per_client[client] >= self._max_per_client:
             return "too_many_connections_from_client"
-        if not self._connects.take():
+        if not self._connects.take(time.monotonic()):
             return "connect_rate"
         return None

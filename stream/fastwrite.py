@@ -74,9 +74,13 @@ def _httptools_cycle(send: Send) -> RequestResponseCycle | None:
 
 
 def chunk_writer(send: Send) -> ChunkWriter | None:
-    """A function writing a framed chunk if it can be written now (else it returns False), or None."""
+    """A function writing a framed chunk if it can be written now (else it returns False), or None.
+
+    For a response that has started: whether it is chunked is known then, for good (uvicorn decides it with the
+    head), and is not asked again per write.
+    """
     cycle = _httptools_cycle(send)
-    if cycle is None:
+    if cycle is None or not cycle.chunked_encoding:
         return None
     transport, flow = cycle.transport, cycle.flow
 
@@ -85,7 +89,6 @@ def chunk_writer(send: Send) -> ChunkWriter | None:
             flow.write_paused
             or cycle.disconnected
             or cycle.response_complete
-            or not cycle.chunked_encoding
             or transport.is_closing()  # closed under a pipelined request: uvloop raises on a write
         ):
             return False

@@ -18,33 +18,34 @@ class Limits:
 
 
 class TokenBucket:
-    """``rate_per_s`` events per second on average, in bursts of up to one second's worth."""
+    """``rate_per_s`` events per second on average, in bursts of up to one second's worth.
 
-    __slots__ = ("_at", "_capacity", "_tokens", "rate_per_s")
+    Kept as when the next token is there, as GCRA does, counted in tokens (``now * rate_per_s``): a take adds 1.0
+    to it, exactly however many are taken at once, and costs less than adding up the tokens the time since the last
+    take brought (this runs per connection per event).
+    """
+
+    __slots__ = ("_burst", "_next_token", "rate_per_s")
 
     def __init__(self, rate_per_s: float) -> None:
         self.rate_per_s = rate_per_s
-        self._capacity = max(1.0, rate_per_s)
-        self._tokens = self._capacity
-        self._at = time.monotonic()
+        self._burst = max(1.0, rate_per_s) - 1.0  # the tokens of a full bucket besides the next one
+        self._next_token = time.monotonic() * rate_per_s - self._burst  # full
 
-    def take(self, now: float | None = None) -> bool:
-        """Spend a token if there is one (``now``: ``time.monotonic()``, when the caller has it already)."""
-        if now is None:
-            now = time.monotonic()
-        tokens = self._tokens + (now - self._at) * self.rate_per_s
-        if tokens > self._capacity:  # not min(): this runs per connection per event, and a builtin's call costs more
-            tokens = self._capacity
-        self._at = now
-        if tokens < 1.0:
-            self._tokens = tokens
+    def take(self, now: float) -> bool:
+        """Spend a token if there is one (``now``: ``time.monotonic()``)."""
+        at = now * self.rate_per_s
+        next_token = self._next_token
+        if at < next_token:
             return False
-        self._tokens = tokens - 1.0
+        if at - next_token > self._burst:  # a full bucket: the time beyond it brought no token
+            next_token = at - self._burst
+        self._next_token = next_token + 1.0
         return True
 
     def wait_s(self) -> float:
         """How long until the next token."""
-        return max(0.0, (1.0 - self._tokens) / self.rate_per_s)
+        return max(0.0, self._next_token / self.rate_per_s - time.monotonic())
 
 
 def jittered(retry_ms: int) -> int:

@@ -131,6 +131,28 @@ async def test_a_cycle_that_lacks_what_the_writer_reads_gets_no_writer_and_a_clo
     assert body == b"4\r\nfast\r\n"
 
 
+async def test_a_response_of_known_length_gets_no_writer(serve: Serve) -> None:
+    outcomes: dict[str, object] = {}
+
+    async def probe(scope: Scope, receive: Receive, send: Send) -> None:
+        head = [(b"content-type", b"text/plain"), (b"content-length", b"4")]
+        await send({"type": "http.response.start", "status": 200, "headers": head})
+        outcomes["writer"] = chunk_writer(send)  # not chunked: written with send, its length checked by uvicorn
+        outcomes["transport"] = stream_transport(send) is not None
+        await send({"type": "http.response.body", "body": b"done"})
+
+    app = FrontRoutedApp()
+    app.front_routes[("GET", "/probe")] = probe
+    async with serve(app, ready=False, http="httptools") as url:
+        port = int(url.rsplit(":", 1)[1])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /probe HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        received = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+    assert outcomes == {"writer": None, "transport": True}
+    assert received.endswith(b"\r\n\r\ndone")
+
+
 @pytest.mark.parametrize("http", ["httptools", "h11"])
 async def test_a_streams_socket_gets_the_send_buffer_of_the_settings(
     make_settings: Callable[..., Settings], serve: Serve, publish: Any, http: str

@@ -1,4 +1,5 @@
-"""The pacer: waiting readings released in stream order, a release costing what it sends, not what waits."""
+"""The pacer: its token bucket, waiting readings released in stream order, a release costing what it sends, not what
+waits."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 
 from core.readings import Reading, event_frame, stored_payload
 from core.tallies import Tally
+from stream.limits import TokenBucket
 from stream.pacing import Pacer
 
 NOW = datetime(2026, 11, 27, tzinfo=UTC)
@@ -80,3 +82,13 @@ def test_a_release_stops_at_the_room_it_is_given() -> None:
     released = paced.release(now=time.monotonic(), room_bytes=10 * len(frames[0]))
     assert released == frames[:10]
     assert paced.bytes == sum(map(len, frames[10:]))
+
+
+def test_a_bucket_gives_a_seconds_worth_at_once_then_one_token_an_interval() -> None:
+    bucket = TokenBucket(8.0)  # an interval of 1/8 s: the moments below are exact in floats
+    later = 1e6  # long after the bucket filled: it holds 8 tokens, not what the time since would bring
+    assert [bucket.take(later) for _ in range(9)] == [True] * 8 + [False]
+    assert not bucket.take(later + 0.0625)
+    assert bucket.take(later + 0.125)
+    assert not bucket.take(later + 0.125)
+    assert [bucket.take(later + 10.0) for _ in range(9)] == [True] * 8 + [False]
