@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, ClassVar
@@ -288,20 +288,24 @@ class OneWriteCycle(RequestResponseCycle):
 
     _held_head: bytes = b""
 
-    async def send(self, message: Message) -> None:  # type: ignore[override]  # uvicorn types ASGI messages narrowly
+    # Not a coroutine function: it returns uvicorn's own coroutine, so that every other message (a stream's writes)
+    # goes through no frame more than before.
+    def send(self, message: Message) -> Coroutine[Any, Any, None]:  # type: ignore[override]  # ASGI typed narrowly
         if self._held_head and message["type"] == "http.response.body":
             head, self._held_head = self._held_head, b""
             self.expected_content_length += len(head)
             message = {**message, "body": head + message.get("body", b"")}
         elif message["type"] == "http.response.start" and self._holds(message):
-            transport, self.transport = self.transport, HeadWrites()  # type: ignore[assignment]
-            try:
-                await super().send(message)  # type: ignore[arg-type]  # does not wait: the transport is writable
-                self._held_head = self.transport.data  # type: ignore[attr-defined]
-            finally:
-                self.transport = transport
-            return
-        await super().send(message)  # type: ignore[arg-type]
+            return self._hold_head(message)
+        return super().send(message)  # type: ignore[arg-type]
+
+    async def _hold_head(self, message: Message) -> None:
+        transport, self.transport = self.transport, HeadWrites()  # type: ignore[assignment]
+        try:
+            await super().send(message)  # type: ignore[arg-type]  # does not wait: the transport is writable
+            self._held_head = self.transport.data  # type: ignore[attr-defined]
+        finally:
+            self.transport = transport
 
     def _holds(self, message: Message) -> bool:
         """Whether the head of this answer waits for its body."""
