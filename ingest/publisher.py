@@ -106,7 +106,7 @@ class Publisher:
         try:
             failure = await self._send(js, readings, encoded, futures)
         finally:
-            # An abandoned future keeps its slot in nats-py's in-flight limit until it is done.
+            # An abandoned future keeps its in-flight slot (PublishContext) until it is done.
             for future in futures:
                 if not future.done():
                     future.cancel()

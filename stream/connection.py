@@ -199,16 +199,7 @@ class Connection:
             try:  # as in flush: a transport that raises ends this stream alone
                 if write(framed):
                     self.sent_events += 1
-                    # _moved, inlined (a call per delivery saved): what the transport holds, whether bytes move.
-                    size = len(framed)
-                    self._sent_bytes += size
-                    self.last_write = now
-                    transport = self._transport
-                    if transport is not None and transport.get_write_buffer_size():
-                        self._transport_holds(size, now)
-                    else:
-                        self._transport_bytes = self._transport_chunk = 0
-                        self.progress.moved_at = now
+                    self._moved(len(framed), now)
                     if self.pending_bytes:
                         self._account()
                     if self.events_left > 0:
@@ -352,22 +343,16 @@ class Connection:
             self._account()
 
     def _moved(self, size: int, now: float) -> None:
-        """``size`` bytes went to the transport: what it still holds, and whether bytes move.
-
-        ``deliver`` has it inlined, for its write of a reading alone: a change here is one there too."""
+        """``size`` bytes went to the transport: what it still holds, and whether bytes move."""
         self._sent_bytes += size
         self.last_write = now
         transport = self._transport
         if transport is not None and transport.get_write_buffer_size():  # the kernel did not take all of it
-            self._transport_holds(size, now)
+            self._look_at_transport(size)
+            self.progress.sample(self._sent_bytes - self._transport_bytes, True, now)
         else:  # all of it reached the kernel (or a server we cannot look into took it): the common case
             self._transport_bytes = self._transport_chunk = 0
             self.progress.moved_at = now
-
-    def _transport_holds(self, size: int, now: float) -> None:
-        """The transport kept bytes of a write of ``size``: how many, and whether any left since the last look."""
-        self._look_at_transport(size)
-        self.progress.sample(self._sent_bytes - self._transport_bytes, True, now)
 
     def _on_writer_done(self, task: asyncio.Task[None]) -> None:
         self._writer = None
