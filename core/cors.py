@@ -9,7 +9,7 @@ CORS header, so their pages cannot read the answers.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 
 from starlette.types import Message, Scope, Send
 
@@ -32,11 +32,12 @@ class AddedHeaders:
         self.__wrapped__ = send
         self._headers: Sequence[tuple[bytes, bytes]] = headers
 
-    async def __call__(self, message: Message) -> None:
+    # Not a coroutine function: it hands back the wrapped send's awaitable, a frame fewer per message.
+    def __call__(self, message: Message) -> Awaitable[None]:
         if message["type"] == "http.response.start":
             headers, self._headers = self._headers, ()
             message = {**message, "headers": [*message.get("headers", []), *headers]}
-        await self.__wrapped__(message)
+        return self.__wrapped__(message)
 
 
 class Cors:

@@ -6,9 +6,13 @@ nothing: if any device of a batch lacks tokens, the whole request is refused wit
 such device, no token is taken from any device, and nothing is stored. That keeps a device's retry of
 the same batch simple (resend all of it after ``Retry-After``) and keeps batches whole.
 
-Memory stays bounded: buckets are kept in least-recently-used order; a bucket idle long enough to be
-full again is dropped (it is the same as a new one), and beyond ``max_devices`` the least recently seen
-device is forgotten (it starts again with a full bucket, which only ever errs towards letting it send).
+A bucket is kept as one number, the time at which it is full again (the generic cell rate algorithm): a
+take is one comparison and one addition, with no object per device (the bucket and its refill cost a single
+reading's request 1 µs more).
+
+Memory stays bounded: buckets are kept in least-recently-used order; a bucket full again is dropped (it is
+the same as a new one), and beyond ``max_devices`` the least recently seen device is forgotten (it starts
+again with a full bucket, which only ever errs towards letting it send).
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 
 from core.errors import ApiError
 from core.readings import Reading
@@ -33,14 +36,6 @@ class RateLimited(ApiError):
 
     def __init__(self, message: str, *, retry_after_s: int, details: list[dict[str, object]]) -> None:
         super().__init__(message, field="device", details=details, headers={"Retry-After": str(retry_after_s)})
-
-
-@dataclass(slots=True)
-class Bucket:
-    """Tokens left, as of ``stamp`` (a monotonic time)."""
-
-    tokens: float
-    stamp: float
 
 
 def device_counts(readings: Sequence[Reading]) -> dict[str, int]:
@@ -63,59 +58,51 @@ class DeviceRateLimiter:
         self._burst = float(burst)
         self._max_devices = max_devices
         self._clock = clock
-        self._refill_s = burst / rate_per_s  # an untouched bucket is full again after this long
-        self._buckets: OrderedDict[str, Bucket] = OrderedDict()
+        self._token_s = 1.0 / rate_per_s  # how long a bucket takes to gain one token
+        self._burst_s = burst / rate_per_s  # how long an empty bucket takes to be full
+        # A device's bucket, as when it is full again; least recently used first. Not a dict: taking its first
+        # entries out leaves holes that every later look at its first entry steps over.
+        self._full_at: OrderedDict[str, float] = OrderedDict()
 
     def __len__(self) -> int:
         """Devices tracked now."""
-        return len(self._buckets)
+        return len(self._full_at)
 
     def take(self, counts: Mapping[str, int]) -> None:
         """Take ``counts[device]`` tokens from each device, or raise RateLimited and take none."""
         now = self._clock()
-        self._forget_idle(now)
-        wanted: list[tuple[Bucket, int]] = []
+        self._forget_full(now)
+        full_at = self._full_at
         short: list[tuple[str, float]] = []
         for device, count in counts.items():
-            bucket = self._refilled(device, now)
-            if bucket.tokens < count:
-                short.append((device, (count - bucket.tokens) / self._rate))
-            wanted.append((bucket, count))
-        self._forget_least_recent()
+            # After the take, the bucket is full again this long from now; more than an empty bucket's: too few.
+            after_s = max(full_at.get(device, now), now) - now + count * self._token_s
+            if after_s > self._burst_s:
+                short.append((device, after_s - self._burst_s))
+            full_at[device] = now + after_s
+            full_at.move_to_end(device)  # most recently used: last
+        if short:
+            self.give_back(counts)
+        while len(full_at) > self._max_devices:
+            full_at.popitem(last=False)
         if short:
             raise self._refusal(short, len(counts))
-        for bucket, count in wanted:
-            bucket.tokens -= count
 
     def give_back(self, counts: Mapping[str, int]) -> None:
         """Return the tokens of a request that was not stored (a 503), so that its retry is not refused for them."""
+        full_at = self._full_at
         for device, count in counts.items():
-            bucket = self._buckets.get(device)
-            if bucket is not None:
-                bucket.tokens = min(self._burst, bucket.tokens + count)
+            if device in full_at:
+                full_at[device] -= count * self._token_s  # before now: full (never more than a full bucket)
 
-    def _refilled(self, device: str, now: float) -> Bucket:
-        bucket = self._buckets.get(device)
-        if bucket is None:
-            bucket = self._buckets[device] = Bucket(self._burst, now)
-            return bucket
-        bucket.tokens = min(self._burst, bucket.tokens + (now - bucket.stamp) * self._rate)
-        bucket.stamp = now
-        self._buckets.move_to_end(device)
-        return bucket
-
-    def _forget_idle(self, now: float) -> None:
-        # Least recently used first: stop at the first bucket that may not be full yet.
-        buckets = self._buckets
-        while buckets:
-            oldest = next(iter(buckets.values()))
-            if now - oldest.stamp < self._refill_s:
+    def _forget_full(self, now: float) -> None:
+        # Least recently used first: stop at the first bucket that is not full yet.
+        full_at = self._full_at
+        while full_at:
+            oldest = next(iter(full_at.values()))
+            if oldest > now:
                 return
-            buckets.popitem(last=False)
-
-    def _forget_least_recent(self) -> None:
-        while len(self._buckets) > self._max_devices:
-            self._buckets.popitem(last=False)
+            full_at.popitem(last=False)
 
     def _refusal(self, short: list[tuple[str, float]], devices: int) -> RateLimited:
         waits_s = {device: max(1, math.ceil(wait_s)) for device, wait_s in short}

@@ -248,6 +248,16 @@ def test_without_a_hook_the_service_runs_on_plain_uvicorn_with_one_warning(
     ]
 
 
+def test_a_uvicorn_that_makes_its_cycles_otherwise_is_served_plainly(monkeypatch: pytest.MonkeyPatch) -> None:
+    def on_headers_complete(self: Any) -> None:
+        self.cycle = None  # no longer by the name RequestResponseCycle: the one-write cycle cannot be put in
+
+    monkeypatch.setattr(HttpToolsProtocol, "on_headers_complete", on_headers_complete)
+    assert missing_internals() == ["httptools_impl.RequestResponseCycle"]
+    with capture_logs():
+        assert protocol_class(HttpLimits.of(Settings())) is HttpToolsProtocol
+
+
 def test_an_attribute_no_longer_set_up_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
     def init(self: Any, *args: Any, **kwargs: Any) -> None:
         self.renamed_pipeline = None

@@ -82,12 +82,12 @@ def test_tokens_given_back_after_a_failed_publish_serve_the_retry() -> None:
 def test_idle_devices_are_forgotten() -> None:
     clock = Clock()
     limits = limiter(clock, rate_per_s=10, burst=20)
-    limits.take({f"s.d{n}": 1 for n in range(500)})
+    limits.take({f"s.d{n}": 20 for n in range(500)})  # empty: full again after 2 s
     assert len(limits) == 500
     clock.now += 1.9  # not full again yet: kept
     limits.take({"s.other": 1})
     assert len(limits) == 501
-    clock.now += 0.2  # 2.1 s idle: full again, the same as a device never seen
+    clock.now += 0.2  # 2.1 s later: full again, the same as a device never seen
     limits.take({"s.other": 1})
     assert len(limits) == 1
 
