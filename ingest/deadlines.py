@@ -3,8 +3,8 @@
 ``asyncio.timeout`` makes a timer, and cancels it, for every use: about 6 µs on uvloop, 4 % of a single reading's
 request. Every publish waits at most ``publish_timeout_s``, so deadlines come in the order they were set: one timer,
 armed for the oldest window still open, bounds them all. A window behaves as ``asyncio.timeout`` does: past its
-deadline its task is cancelled, and the cancellation leaves the ``async with`` as ``TimeoutError``; any other
-cancellation stays one.
+deadline its task is cancelled, and the cancellation leaves the ``with`` as ``TimeoutError``; any other
+cancellation stays one. A plain ``with`` (used inside a task): entering and leaving a window never waits.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ class Deadlines:
         return len(self._open)
 
     def window(self) -> Window:
-        """An ``async with`` that raises TimeoutError from its body ``timeout_s`` after it was entered."""
+        """A ``with`` (in a task) that raises TimeoutError from its body ``timeout_s`` after it was entered."""
         return Window(self)
 
     def _opened(self, window: Window) -> None:
@@ -62,16 +62,16 @@ class Window:
         self._expired = False
         self.deadline = 0.0
 
-    async def __aenter__(self) -> Window:
+    def __enter__(self) -> Window:
         task = asyncio.current_task()
-        assert task is not None  # an async with runs in a task
+        assert task is not None, "a window is entered inside a task"
         self._task = task
         self._cancelling = task.cancelling()
         self.deadline = asyncio.get_running_loop().time() + self._deadlines.timeout_s
         self._deadlines._opened(self)
         return self
 
-    async def __aexit__(
+    def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
     ) -> None:
         self._deadlines._closed(self)

@@ -8,7 +8,9 @@ with the same bookkeeping (in-flight slot, future, reply subscription, statistic
 the headers from pre-encoded parts. Measured with ``python -m bench.ingest --quick`` (batches of 100,
 the two paths interleaved, twice): 19.9k and 20.5k acknowledged readings per ingest CPU second against
 12.6k and 16.7k through ``publish_async``, about 50 µs of CPU per reading instead of 60 to 80. Its
-acknowledgements are read leaner too (``_handle_async_reply``).
+acknowledgements are read leaner too (``_handle_async_reply``), each as nats-py hands it to the reply
+subscription (``InlineReplies``) rather than through that subscription's queue and task: a task's wake-up
+per acknowledgement, 2 % of a single reading's request.
 
 It relies on nats-py internals (``INTERNAL_METHODS``, ``INTERNAL_ATTRIBUTES``), checked when the
 context is created. If one is missing or of another kind (a nats-py upgrade), one warning names them
@@ -62,7 +64,10 @@ INTERNAL_ATTRIBUTES: tuple[tuple[type, str, tuple[type, ...]], ...] = (
     (JetStreamContext, "_async_reply_prefix", (bytearray, NoneType)),
     (JetStreamContext, "_publish_async_futures", (dict,)),
     (JetStreamContext, "_publish_async_completed_event", (asyncio.Event,)),
+    (NATS, "_subs", (dict,)),
 )
+# What InlineReplies relies on in the reply subscription nats-py makes (looked at when it is made).
+SUBSCRIPTION_ATTRIBUTES = ("_subject", "_pending_queue", "_pending_size")
 
 
 def api_error(error: dict[str, Any]) -> nats.js.errors.APIError:
@@ -117,17 +122,23 @@ class PublishContext(JetStreamContext):
         if missing:
             log.warning("nats_internals_missing", missing=missing, publishing_with="publish_async")
 
-    async def _handle_async_reply(self, msg: Msg) -> None:
-        """nats-py's reply handler, leaner where the internals allow, and handing a JetStream API error to its future.
-
-        The lean one is nats-py 2.16's with pydantic-core's JSON parser (``json.loads`` of bytes: 2.5 µs, 0.4 here)
-        and without ``PubAck.from_response`` (3 µs of dataclass reflection): together about 10 % of a reading's CPU
-        in batches. Its PubAck has what the stream acknowledges for a message like ours (``stream``, ``seq``,
-        ``domain``, ``duplicate``), not the fields of batch publishing.
-        """
+    async def _init_async_reply(self) -> None:
+        """nats-py's reply subscription, its acknowledgements handled inline where the internals allow."""
+        await super()._init_async_reply()
         if not self.lean:
-            await super()._handle_async_reply(msg)
             return
+        assert self._async_reply_prefix is not None
+        subject = self._async_reply_prefix.decode() + "*"
+        subscriptions = self._client._subs.values()
+        subscription = next((sub for sub in subscriptions if getattr(sub, "_subject", None) == subject), None)
+        missing = [f"Subscription.{name}" for name in SUBSCRIPTION_ATTRIBUTES if not hasattr(subscription, name)]
+        if missing or subscription is None:
+            log.warning("nats_internals_missing", missing=missing, handling_replies_with="the subscription's queue")
+            return
+        subscription._pending_queue = InlineReplies(self, subscription)
+
+    def settle(self, msg: Msg) -> None:
+        """Settle the future of the publish this message acknowledges (the lean ``_handle_async_reply``)."""
         token = msg.subject[len(self._client._inbox_prefix) + NUID_AND_DOT_CHARS :]
         future = self._publish_async_futures.get(token)
         if future is None or future.done():
@@ -145,6 +156,19 @@ class PublishContext(JetStreamContext):
                 stream=reply["stream"], seq=reply["seq"], domain=reply.get("domain"), duplicate=reply.get("duplicate")
             )
         )
+
+    async def _handle_async_reply(self, msg: Msg) -> None:
+        """nats-py's reply handler, leaner where the internals allow, and handing a JetStream API error to its future.
+
+        The lean one is nats-py 2.16's with pydantic-core's JSON parser (``json.loads`` of bytes: 2.5 µs, 0.4 here)
+        and without ``PubAck.from_response`` (3 µs of dataclass reflection): together about 10 % of a reading's CPU
+        in batches. Its PubAck has what the stream acknowledges for a message like ours (``stream``, ``seq``,
+        ``domain``, ``duplicate``), not the fields of batch publishing.
+        """
+        if not self.lean:
+            await super()._handle_async_reply(msg)
+            return
+        self.settle(msg)
 
     def slots_full(self) -> bool:
         """Whether every in-flight slot is taken (a publish now would wait for an acknowledgement)."""
@@ -229,3 +253,22 @@ class PublishContext(JetStreamContext):
             self._publish_async_completed_event.set()
         self._free_slots += 1
         self._slot_freed.set()
+
+
+class InlineReplies(asyncio.Queue[Msg]):
+    """The reply subscription's queue, which settles each acknowledgement as nats-py hands it over and keeps none.
+
+    Empty for ever, so nats-py's task for the subscription waits for good, and a drain finds nothing pending.
+    """
+
+    def __init__(self, context: PublishContext, subscription: Any) -> None:
+        super().__init__()
+        self._context = context
+        self._subscription = subscription
+
+    def put_nowait(self, item: Msg) -> None:
+        self._subscription._pending_size -= len(item.data)  # nats-py counted it as waiting in the queue
+        try:
+            self._context.settle(item)
+        except Exception:  # nats-py's task hands a callback's error to the error callback; never to its read loop
+            log.exception("publish_reply_unreadable", subject=item.subject)

@@ -14,7 +14,6 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import nats.errors
 import nats.js.errors
@@ -24,7 +23,7 @@ from nats.js.api import PubAck
 
 from core.errors import ServiceUnavailable
 from core.jetstream import JetStreamLink
-from core.readings import Reading, stored_payloads
+from core.readings import Reading, ReceiveClock, stored_payloads
 from core.settings import Settings
 from core.topics import Subjects
 from ingest.deadlines import Deadlines
@@ -74,6 +73,7 @@ class Publisher:
         self._metrics = metrics
         self._subjects = Subjects(settings.subject_prefix)
         self._deadlines = Deadlines(settings.publish_timeout_s)
+        self._clock = ReceiveClock()
         self._js: PublishContext | None = None
 
     def in_flight(self) -> int:
@@ -101,7 +101,7 @@ class Publisher:
         js = self._context(nc)
 
         started = time.perf_counter()
-        encoded = stored_payloads(readings, datetime.now(UTC))
+        encoded = stored_payloads(readings, self._clock.now())
         futures: list[asyncio.Future[PubAck]] = []
         try:
             failure = await self._send(js, readings, encoded, futures)
@@ -137,7 +137,7 @@ class Publisher:
         try:
             # One timeout for both: it bounds the one wait a publish may do (for one of the max_in_flight slots) and
             # the wait for the acknowledgements.
-            async with self._deadlines.window() as window:
+            with self._deadlines.window() as window:
                 for reading, (topic, payload) in zip(readings, encoded, strict=True):
                     futures.append(await js.publish_reading(subjects.for_topic(topic), payload, reading.dedup_id))
                 if window.expired():  # nats-py swallows a cancellation inside a forced flush

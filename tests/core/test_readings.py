@@ -11,7 +11,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from core.readings import Reading, control_frame, event_frame, stored_payload, stored_payloads
+from core.readings import (
+    Reading,
+    ReceiveClock,
+    control_frame,
+    event_frame,
+    format_ts,
+    stored_payload,
+    stored_payloads,
+)
 
 RECEIVED = datetime(2026, 11, 27, 7, 0, 0, tzinfo=UTC)
 
@@ -115,9 +123,21 @@ def test_a_batch_is_encoded_like_single_readings_with_one_receive_time() -> None
         Reading(device="d", metric="m", value=0.1, tags={"k": '"quoted" \\ \u2028 \U0001f600 \x00'}),
         Reading(device="boiler-7", metric="t", value=71.5, site="plant1", unit="C", id="b-1", ts=0),
     ]
-    encoded = stored_payloads(readings, RECEIVED)
+    encoded = stored_payloads(readings, format_ts(RECEIVED))
     assert encoded == [(r.topic, stored_payload(r, RECEIVED)) for r in readings]
     assert json.loads(encoded[0][1])["tags"] == {"k": '"quoted" \\ \u2028 \U0001f600 \x00'}
+
+
+def test_the_receive_clock_writes_the_time_as_format_ts_does() -> None:
+    clock = ReceiveClock()
+    before = datetime.now(UTC)
+    first, second = clock.now(), clock.now()  # the second from the second formatted by the first
+    after = datetime.now(UTC)
+    for written in (first, second):
+        moment = datetime.fromisoformat(written)
+        assert before <= moment <= after
+        assert written == format_ts(moment)
+    assert first <= second
 
 
 TEXT = st.text(st.characters(exclude_categories=["Cs"]), max_size=40)  # any text JSON can carry, escapes included

@@ -15,7 +15,7 @@ WITHIN_S = 30.0  # far beyond any deadline here, on a loaded machine
 
 async def test_a_body_that_ends_in_time_is_untouched_and_leaves_nothing_open() -> None:
     deadlines = Deadlines(WITHIN_S)
-    async with deadlines.window() as window:
+    with deadlines.window() as window:
         await asyncio.sleep(0)
         assert len(deadlines) == 1
     assert not window.expired() and len(deadlines) == 0
@@ -29,7 +29,7 @@ async def test_every_window_open_past_its_deadline_raises_timeout_error_and_its_
 
     async def wait_in_window() -> str:
         with pytest.raises(TimeoutError):
-            async with deadlines.window():
+            with deadlines.window():
                 await never.wait()
         task = asyncio.current_task()
         assert task is not None and task.cancelling() == 0  # the window's cancellation was taken back
@@ -44,14 +44,15 @@ async def test_every_window_open_past_its_deadline_raises_timeout_error_and_its_
 async def test_a_window_opened_later_gets_its_own_whole_time() -> None:
     # The first window's expiry re-arms the timer for the next open one; a closed one is not waited for.
     deadlines = Deadlines(SHORT_S)
-    async with deadlines.window():
+    with deadlines.window():
         pass
     never = asyncio.Event()
     loop = asyncio.get_running_loop()
     opened = loop.time()
     with pytest.raises(TimeoutError):
-        async with asyncio.timeout(WITHIN_S), deadlines.window():
-            await never.wait()
+        async with asyncio.timeout(WITHIN_S):
+            with deadlines.window():
+                await never.wait()
     assert loop.time() - opened >= SHORT_S
 
 
@@ -60,7 +61,7 @@ async def test_a_cancellation_from_elsewhere_stays_a_cancellation() -> None:
     entered = asyncio.Event()
 
     async def wait_in_window() -> None:
-        async with deadlines.window():
+        with deadlines.window():
             entered.set()
             await asyncio.Event().wait()
 
@@ -75,11 +76,12 @@ async def test_a_cancellation_from_elsewhere_stays_a_cancellation() -> None:
 async def test_a_body_that_swallows_the_cancellation_still_says_it_expired() -> None:
     # nats-py swallows a cancellation inside a forced flush: the publisher asks the window afterwards.
     deadlines = Deadlines(SHORT_S)
-    async with asyncio.timeout(WITHIN_S), deadlines.window() as window:
-        try:
-            await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            pass
+    async with asyncio.timeout(WITHIN_S):
+        with deadlines.window() as window:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                pass
     assert window.expired()
     task = asyncio.current_task()
     assert task is not None and task.cancelling() == 0

@@ -25,7 +25,7 @@ from core.readings import DEDUP_ID_MAX_CHARS
 from core.settings import Settings
 from ingest import publish_context
 from ingest.app import create_app
-from ingest.publish_context import PublishContext, missing_internals
+from ingest.publish_context import InlineReplies, PublishContext, missing_internals
 from telemetry.natsserver import LocalNatsServer
 
 TOKEN = re.compile(rb"(HPUB \S+ \S+\.)\S+ ")  # the reply token, the one part meant to differ
@@ -228,6 +228,48 @@ async def test_futures_fail_on_a_jetstream_error_and_free_their_slot(nc: NATS, s
         with pytest.raises(nats.js.errors.APIError, match="expected stream does not match"):
             await asyncio.wait_for(future, 2.0)
     assert js.publish_async_pending() == 0 and not js.slots_full()
+
+
+def reply_subscription(nc: NATS, js: PublishContext) -> Any:
+    assert js._async_reply_prefix is not None
+    subject = js._async_reply_prefix.decode() + "*"
+    return next(sub for sub in nc._subs.values() if sub._subject == subject)
+
+
+async def test_acknowledgements_are_settled_as_they_are_read_and_an_unreadable_one_harms_nothing(
+    nc: NATS, settings: Settings
+) -> None:
+    js = context(nc, settings)
+    subject = f"{settings.subject_prefix}.s.d.m"
+    first = await acked(await js.publish_reading(subject, b"{}", "s.d.inline-1"))
+    replies = reply_subscription(nc, js)
+    assert isinstance(replies._pending_queue, InlineReplies)  # not queued for the subscription's task
+    prefix = js._async_reply_prefix
+    assert prefix is not None
+    waiting: asyncio.Future[PubAck] = asyncio.get_running_loop().create_future()
+    js._publish_async_futures["awaited"] = waiting  # as a publish whose acknowledgement is due
+    with capture_logs() as logs:
+        await nc.publish(prefix.decode() + "unknown", b"{}")  # no publish waits for it: dropped
+        await nc.publish(prefix.decode() + "awaited", b"not json")  # unreadable: logged, the read goes on
+        await nc.flush()
+    assert [entry["event"] for entry in logs] == ["publish_reply_unreadable"]
+    assert not waiting.done()
+    del js._publish_async_futures["awaited"]
+    after = await acked(await js.publish_reading(subject, b"{}", "s.d.inline-2"))
+    assert after.seq > first.seq and replies._pending_size == 0 and nc.is_connected
+
+
+async def test_a_reply_subscription_without_what_inline_settling_needs_keeps_its_queue(
+    nc: NATS, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(publish_context, "SUBSCRIPTION_ATTRIBUTES", (*publish_context.SUBSCRIPTION_ATTRIBUTES, "_gone"))
+    js = context(nc, settings)
+    with capture_logs() as logs:
+        ack = await acked(await js.publish_reading(f"{settings.subject_prefix}.s.d.m", b"{}", None))
+    assert ack.seq >= 1 and not isinstance(reply_subscription(nc, js)._pending_queue, InlineReplies)
+    assert [(entry["event"], entry["missing"]) for entry in logs] == [
+        ("nats_internals_missing", ["Subscription._gone"])
+    ]
 
 
 @pytest.mark.parametrize(
