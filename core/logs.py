@@ -8,6 +8,8 @@ from typing import Literal
 
 import structlog
 
+from core.requestids import add_request_id
+
 
 def configure_logging(level: str, log_format: Literal["auto", "json", "console"]) -> None:
     """Route structlog and the standard library (uvicorn, nats) through one renderer on stderr."""
@@ -17,6 +19,7 @@ def configure_logging(level: str, log_format: Literal["auto", "json", "console"]
     )
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
+        add_request_id,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 from starlette.types import Receive, Scope
 
@@ -73,9 +73,10 @@ class UnsupportedEncoding(ApiError):
         super().__init__(message, field="Content-Encoding", headers={"Accept-Encoding": "gzip"})
 
 
-@dataclass(frozen=True, slots=True)
-class BodyHeaders:
-    """What the request's headers say about its body (the first of each, as Starlette reads them); None: not sent."""
+class BodyHeaders(NamedTuple):
+    """What the request's headers say about its body (the first of each, as Starlette reads them); None: not sent.
+
+    A named tuple: made in one step, where a frozen dataclass sets each field through ``object.__setattr__``."""
 
     content_type: str | None = None
     content_encoding: str | None = None

@@ -48,7 +48,7 @@ async def acknowledged(futures: list[asyncio.Future[PubAck]]) -> None:
                 pass
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass sets each field through object.__setattr__
 class Stored:
     """Where JetStream keeps one reading: its topic and stream sequence (the original one for a duplicate)."""
 

@@ -10,7 +10,6 @@ from contextlib import AbstractAsyncContextManager
 
 import httpx
 import pytest
-import structlog
 from fastapi import FastAPI
 from httpx_sse import aconnect_sse
 from structlog.testing import capture_logs
@@ -19,6 +18,7 @@ from support.natsproc import StoppableNatsServer
 from support.server import on_server_loop, suspended_chains
 
 from core.frontroutes import FrontRoutedApp, Guarded
+from core.requestids import add_request_id
 from core.settings import Settings
 from ingest.app import create_app as create_ingest
 from stream.app import create_app as create_stream
@@ -88,7 +88,7 @@ async def test_a_log_line_written_while_serving_a_request_names_its_id(
     """A publish JetStream does not acknowledge is logged inside the request (readings_not_stored): its line names
     the request's id."""
     settings = make_settings(nats_urls=[own_nats.url], publish_timeout_s=1.0)
-    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+    with capture_logs(processors=[add_request_id]) as logs:
         async with serve(create_ingest(settings)) as url, httpx.AsyncClient(timeout=30.0) as client:
             own_nats.pause()
             try:
@@ -116,7 +116,7 @@ async def test_uvicorn_awaits_an_open_stream_with_no_call_of_the_layers_in_front
         "X-Request-ID": "dash-1",
         "X-Forwarded-For": "203.0.113.7",
     }
-    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+    with capture_logs(processors=[add_request_id]) as logs:
         async with (
             serve(app) as url,
             httpx.AsyncClient(timeout=httpx.Timeout(5.0, read=None)) as client,

@@ -15,7 +15,6 @@ from typing import Any
 
 import httpx
 import pytest
-import structlog
 from httpx_sse import ServerSentEvent
 from structlog.testing import capture_logs
 from support.auth import (
@@ -39,6 +38,7 @@ from support.metrics import metric_becomes
 from support.sse import EVENT_TIMEOUT_S, Serve, events, seqs, take
 
 from core.apikeys import create_key
+from core.requestids import add_request_id
 from core.settings import Settings
 from stream.app import create_app
 
@@ -118,7 +118,7 @@ async def test_each_credential_is_refused_or_streams_as_it_should(
         ),
         "cookie": ({"cookies": {COOKIE: follower}}, 200),
     }
-    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+    with capture_logs(processors=[add_request_id]) as logs:
         async with serve(create_app(settings)) as url:
             answers = {case: await answer(url, "plant1.>", **request) for case, (request, _) in cases.items()}
     outcomes = {
@@ -141,7 +141,7 @@ async def test_a_query_token_is_read_only_when_allowed_and_never_logged(
 ) -> None:
     settings = make_settings(auth="required", jwt_secret=SECRET, jwt_audience=AUDIENCE, auth_query_token=True)
     token = hs256(claims(subscribe=PLANT1))
-    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+    with capture_logs(processors=[add_request_id]) as logs:
         async with serve(create_app(settings)) as url:
             status, body = await answer(url, "plant1.*.temperature", access_token=token)
             refused, _ = await answer(url, "plant2.>", access_token=token)

@@ -9,7 +9,6 @@ from typing import Any
 
 import httpx
 import pytest
-import structlog
 from httpx_sse import ServerSentEvent
 from structlog.testing import capture_logs
 from support.metrics import metric
@@ -17,6 +16,7 @@ from support.server import on_server_loop, suspended_chains
 from support.sse import EVENT_TIMEOUT_S, Serve, events, raw_connection, raw_requests, seqs, take
 
 from core.frontroutes import FrontRoutedApp
+from core.requestids import add_request_id
 from core.settings import Settings
 from stream.app import create_app
 from stream.connection import Connection
@@ -316,7 +316,7 @@ async def test_a_stream_is_logged_as_it_opens_and_as_it_closes_under_its_request
     settings: Settings, serve: Serve, publish: Any
 ) -> None:
     await publish("s", "d", "m", [1, 2, 3, 4, 5])
-    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+    with capture_logs(processors=[add_request_id]) as logs:
         async with serve(create_app(settings)) as url:
             headers = {"X-Request-ID": "dash-7.req:1"}
             async with events(url, "s.>", "x.*.m", last_event_id=0, max_events=3, headers=headers) as stream:
@@ -340,7 +340,7 @@ async def test_an_open_stream_holds_none_of_its_request_headers_and_what_it_read
     app = create_app(settings)
     browser = {"User-Agent": "Mozilla/5.0 " + "x" * 200, "Cookie": "theme=dark; " + "y" * 2000}
     headers = {**browser, "Last-Event-ID": str(stored[0]), "X-Request-ID": "dash-2"}
-    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+    with capture_logs(processors=[add_request_id]) as logs:
         async with serve(app) as url:
             async with events(url, "s.>", headers=headers) as stream:
                 replayed = await take(stream, 1)
@@ -390,7 +390,7 @@ async def open_connections(app: FrontRoutedApp) -> list[Connection]:
 
 
 async def test_a_client_that_leaves_is_logged_as_gone(settings: Settings, serve: Serve, publish: Any) -> None:
-    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+    with capture_logs(processors=[add_request_id]) as logs:
         async with serve(create_app(settings)) as url:
             async with events(url, "s.>", headers={"X-Request-ID": "leaving"}) as stream:
                 await publish("s", "d", "m", [1, 2])
@@ -402,7 +402,7 @@ async def test_a_client_that_leaves_is_logged_as_gone(settings: Settings, serve:
 
 async def test_a_refused_stream_is_logged_once_as_refused(make_settings: Callable[..., Settings], serve: Serve) -> None:
     settings = make_settings(max_connections=1)
-    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+    with capture_logs(processors=[add_request_id]) as logs:
         async with serve(create_app(settings)) as url, events(url, "a.b.c"), httpx.AsyncClient() as client:
             answer = await client.get(f"{url}/v1/stream", params={"topic": "a.*.c"}, headers={"X-Request-ID": "full"})
     assert answer.text.endswith('data: {"reason":"too_many_connections"}\n\n')
