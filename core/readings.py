@@ -107,8 +107,8 @@ def format_ts(moment: datetime) -> str:
 
 
 class ReceiveClock:
-    """Now, as ``format_ts`` writes it, with the date and time of day formatted once a second: ``format_ts`` of
-    ``datetime.now`` took 1.6 µs of every request, this 0.4."""
+    """Now, as ``format_ts`` writes it, with the date and time of day formatted once a second (``format_ts`` of
+    ``datetime.now``, once a request, cost more than twice this)."""
 
     __slots__ = ("_prefix", "_second")
 

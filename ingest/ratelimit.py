@@ -6,9 +6,8 @@ nothing: if any device of a batch lacks tokens, the whole request is refused wit
 such device, no token is taken from any device, and nothing is stored. That keeps a device's retry of
 the same batch simple (resend all of it after ``Retry-After``) and keeps batches whole.
 
-A bucket is kept as one number, the time at which it is full again (the generic cell rate algorithm): a
-take is one comparison and one addition, with no object per device (the bucket and its refill cost a single
-reading's request 1 µs more).
+A bucket is kept as one number, the time at which it is full again (the generic cell rate algorithm): no
+object per device, and no refill to compute (a take 1.6 µs instead of 1.8).
 
 Memory stays bounded: buckets are kept in least-recently-used order; a bucket full again is dropped (it is
 the same as a new one), and beyond ``max_devices`` the least recently seen device is forgotten (it starts
