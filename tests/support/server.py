@@ -117,6 +117,11 @@ async def suspended_chains() -> list[list[str]]:
     awaitable of another kind, ends a chain): what a served request keeps alive while it waits."""
     chains = []
     for task in asyncio.all_tasks():
+        if task is asyncio.current_task():
+            # This coroutine is running, not suspended: CPython 3.11 reads a running frame's cr_await from the bytes
+            # after the instruction being run (here an attribute's inline cache), and crashed when they looked like a
+            # suspension point.
+            continue
         chain: list[str] = []
         awaited = task.get_coro()
         while hasattr(awaited, "cr_code"):
