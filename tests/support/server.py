@@ -118,9 +118,9 @@ async def suspended_chains() -> list[list[str]]:
     chains = []
     for task in asyncio.all_tasks():
         if task is asyncio.current_task():
-            # This coroutine is running, not suspended: CPython 3.11 reads a running frame's cr_await from the bytes
-            # after the instruction being run (here an attribute's inline cache), and crashed when they looked like a
-            # suspension point.
+            # This coroutine is running, not suspended. Reading its own cr_await crashed the test run now and then
+            # (a segmentation fault here): CPython 3.11 most likely takes a running frame's next code unit, here an
+            # attribute's inline cache, for the instruction it would resume at.
             continue
         chain: list[str] = []
         awaited = task.get_coro()
