@@ -18,8 +18,8 @@ SHED_TO = 0.9  # shedding goes below the limit, so that it runs once per tenth o
 
 
 class Progress:
-    """Whether a connection's bytes move towards its client, from samples (each write, each tick) of the bytes that
-    left for the kernel; ``moved_at`` is when they last did (or when none waited)."""
+    """Whether a connection's bytes move towards its client, from samples (each write that leaves bytes waiting, each
+    tick) of the bytes that left for the kernel; ``moved_at`` is when they last did (or when none waited)."""
 
     __slots__ = ("_out_bytes", "_stalled_at", "moved_at")
 
@@ -51,7 +51,7 @@ class Sheddable(Protocol):
     def pending_bytes(self) -> int: ...
 
     @property
-    def progress(self) -> Progress: ...
+    def moved_at(self) -> float: ...
 
     def conflate_queue(self) -> None: ...
 
@@ -87,7 +87,7 @@ class PendingBudget:
             goal = self.limit_bytes * SHED_TO
             ranked = sorted(
                 (connection for connection in self._connections if connection.pending_bytes),
-                key=lambda connection: (connection.progress.moved_at, -connection.pending_bytes),
+                key=lambda connection: (connection.moved_at, -connection.pending_bytes),
             )
             for connection in ranked:
                 if self.total <= goal:

@@ -16,7 +16,7 @@ from support.sse import EVENT_TIMEOUT_S, Serve, events, raw_connection, raw_requ
 from core.settings import Settings
 from stream import connection
 from stream.app import create_app
-from stream.fastwrite import ChunkWriter, chunk_writer
+from stream.fastwrite import chunked_transport
 
 BROKEN = "broken=1"
 CLOSED_TRANSPORT = "unable to perform operation on <TCPTransport closed=True>; the handler is closed"
@@ -50,15 +50,15 @@ class ClosedTransport(RaisingTransport):
         raise RuntimeError(CLOSED_TRANSPORT)
 
 
-def writing_on(transport_class: type[RaisingTransport]) -> Callable[[Send], ChunkWriter | None]:
-    """What Connection.open gets instead of ``chunk_writer``: ``broken=1`` streams are given ``transport_class``
+def writing_on(transport_class: type[RaisingTransport]) -> Callable[[Send], asyncio.Transport | None]:
+    """What Connection.open gets instead of ``chunked_transport``: ``broken=1`` streams are given ``transport_class``
     once their response head is written."""
 
-    def writer(send: Send) -> ChunkWriter | None:
+    def writer(send: Send) -> asyncio.Transport | None:
         cycle = send.__wrapped__.__self__  # type: ignore[attr-defined]  # through the request id's AddedHeaders
         if BROKEN.encode() in cycle.scope["query_string"]:
             cycle.transport = transport_class(cycle.transport)
-        return chunk_writer(send)
+        return chunked_transport(send)
 
     return writer
 
@@ -90,7 +90,7 @@ async def test_a_broken_transport_ends_its_own_stream_and_no_other(
     transport_class: type[RaisingTransport],
     reason: str,
 ) -> None:
-    monkeypatch.setattr(connection, "chunk_writer", writing_on(transport_class))
+    monkeypatch.setattr(connection, "chunked_transport", writing_on(transport_class))
     with capture_logs() as logs:
         async with serve(create_app(settings), http=http) as url, contextlib.AsyncExitStack() as stack:
             # Several of each, so that a flush of them all meets healthy connections after broken ones.

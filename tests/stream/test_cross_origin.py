@@ -37,4 +37,4 @@ async def test_a_cross_origin_stream_is_readable_and_still_written_straight_to_t
 
 async def written_directly(app: Any) -> list[bool]:
     """For each open stream, whether its events are written straight to the transport."""
-    return [connection._write_chunk is not None for connection in app.state.hub.connections]
+    return [connection._direct is not None for connection in app.state.hub.connections]

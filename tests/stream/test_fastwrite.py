@@ -26,11 +26,10 @@ from stream import connection, fastwrite
 from stream.app import create_app
 from stream.fastwrite import (
     CYCLE_ATTRIBUTES,
-    FLOW_ATTRIBUTES,
-    ChunkWriter,
     chunk,
-    chunk_writer,
+    chunked_transport,
     stream_transport,
+    takes_now,
     transport_closing,
 )
 
@@ -40,21 +39,25 @@ async def test_on_the_pinned_uvicorn_events_are_written_straight_to_the_transpor
 ) -> None:
     written: list[bytes] = []
 
-    def recording_writer(send: Send) -> ChunkWriter | None:
-        writer = chunk_writer(send)
-        if writer is None:
-            return None
+    class Recording:
+        """The real transport, its writes recorded."""
 
-        def write(framed: bytes) -> bool:
-            if writer(framed):
-                written.append(framed)
-                return True
-            return False
+        def __init__(self, transport: asyncio.Transport) -> None:
+            self.transport = transport
 
-        return write
+        def write(self, data: bytes) -> None:
+            self.transport.write(data)
+            written.append(data)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.transport, name)
+
+    def recording_transport(send: Send) -> asyncio.Transport | None:
+        transport = chunked_transport(send)
+        return None if transport is None else cast(asyncio.Transport, Recording(transport))
 
     monkeypatch.setattr(fastwrite, "_internals_present", None)  # checked on this test's first connection
-    monkeypatch.setattr(connection, "chunk_writer", recording_writer)
+    monkeypatch.setattr(connection, "chunked_transport", recording_transport)
     with capture_logs() as logs:
         async with serve(create_app(settings), http="httptools") as url, events(url, "s.>") as stream:
             [seq] = await publish("s", "d", "m", [1.5])
@@ -66,13 +69,9 @@ async def test_on_the_pinned_uvicorn_events_are_written_straight_to_the_transpor
 
 
 def lacking(cycle: RequestResponseCycle, name: str) -> RequestResponseCycle:
-    """A copy of a live cycle without one attribute (``flow.<name>`` for one of its flow control's)."""
+    """A copy of a live cycle without one attribute."""
     other = copy.copy(cycle)
-    if name in FLOW_ATTRIBUTES:
-        other.flow = copy.copy(cycle.flow)
-        delattr(other.flow, name)
-    else:
-        delattr(other, name)
+    delattr(other, name)
     return other
 
 
@@ -84,21 +83,22 @@ async def test_a_cycle_that_lacks_what_the_writer_reads_gets_no_writer_and_a_clo
     async def probe(scope: Scope, receive: Receive, send: Send) -> None:
         cycle = send.__wrapped__.__self__  # type: ignore[attr-defined]  # through the request id's AddedHeaders
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
-        for name in (*CYCLE_ATTRIBUTES, *FLOW_ATTRIBUTES):
+        for name in CYCLE_ATTRIBUTES:
             fastwrite._internals_present = None
-            outcomes[name] = chunk_writer(cast(Send, lacking(cycle, name).send))
+            outcomes[name] = chunked_transport(cast(Send, lacking(cycle, name).send))
             fastwrite._internals_present = None
             outcomes[f"closing, lacking {name}"] = transport_closing(cast(Send, lacking(cycle, name).send))
             fastwrite._internals_present = None
             outcomes[f"transport, lacking {name}"] = stream_transport(cast(Send, lacking(cycle, name).send))
-        outcomes["complete, after a failed check"] = chunk_writer(send)  # checked once per process
+        outcomes["complete, after a failed check"] = chunked_transport(send)  # checked once per process
         fastwrite._internals_present = None
-        writer, closing = chunk_writer(send), transport_closing(send)
-        assert writer is not None and closing is not None
-        outcomes["written"] = writer(chunk(b"fast"))
+        transport, closing = chunked_transport(send), transport_closing(send)
+        assert transport is cycle.transport and closing is not None
+        outcomes["takes now"] = takes_now(transport)
+        transport.write(chunk(b"fast"))
         outcomes["closing"] = closing()
         cycle.transport.close()
-        outcomes["written after close"] = writer(chunk(b"late"))
+        outcomes["takes after close"] = takes_now(transport)
         outcomes["closing after close"] = closing()
 
     app = FrontRoutedApp()
@@ -112,15 +112,15 @@ async def test_a_cycle_that_lacks_what_the_writer_reads_gets_no_writer_and_a_clo
             received = await asyncio.wait_for(reader.read(), 10)  # until the probe closes the connection
             writer.close()
 
-    missing = [*(f"RequestResponseCycle.{name}" for name in CYCLE_ATTRIBUTES), "FlowControl.write_paused"]
+    missing = [f"RequestResponseCycle.{name}" for name in CYCLE_ATTRIBUTES]
     assert outcomes == {
-        **{name: None for name in (*CYCLE_ATTRIBUTES, *FLOW_ATTRIBUTES)},
-        **{f"closing, lacking {name}": None for name in (*CYCLE_ATTRIBUTES, *FLOW_ATTRIBUTES)},
-        **{f"transport, lacking {name}": None for name in (*CYCLE_ATTRIBUTES, *FLOW_ATTRIBUTES)},
+        **{name: None for name in CYCLE_ATTRIBUTES},
+        **{f"closing, lacking {name}": None for name in CYCLE_ATTRIBUTES},
+        **{f"transport, lacking {name}": None for name in CYCLE_ATTRIBUTES},
         "complete, after a failed check": None,
-        "written": True,
+        "takes now": True,
         "closing": False,
-        "written after close": False,
+        "takes after close": False,
         "closing after close": True,
     }
     assert [entry["missing"] for entry in logs if entry["event"] == "uvicorn_internals_missing"] == [
@@ -137,7 +137,7 @@ async def test_a_response_of_known_length_gets_no_writer(serve: Serve) -> None:
     async def probe(scope: Scope, receive: Receive, send: Send) -> None:
         head = [(b"content-type", b"text/plain"), (b"content-length", b"4")]
         await send({"type": "http.response.start", "status": 200, "headers": head})
-        outcomes["writer"] = chunk_writer(send)  # not chunked: written with send, its length checked by uvicorn
+        outcomes["writer"] = chunked_transport(send)  # not chunked: written with send, its length checked by uvicorn
         outcomes["transport"] = stream_transport(send) is not None
         await send({"type": "http.response.body", "body": b"done"})
 

@@ -4,6 +4,7 @@ loop turn, joined with the others of its batch otherwise, counted once either wa
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 
 import pytest
 from starlette.types import Message, Send
@@ -14,7 +15,7 @@ from core.settings import Settings
 from core.topics import Pattern
 from stream import connection
 from stream.connection import Connection
-from stream.fastwrite import ChunkWriter, chunk
+from stream.fastwrite import chunk
 from stream.hub import Hub
 from stream.latency import NAME
 from stream.limits import Limits
@@ -33,6 +34,23 @@ async def test_upstream_pending_is_the_count_of_the_last_delivery() -> None:
     assert metrics.registry.get_sample_value("telemetry_stream_upstream_pending") == 9
 
 
+class TakingTransport:
+    """A socket that takes every chunk at once, into ``writes``; or, with ``held`` bytes, one that lags."""
+
+    def __init__(self, writes: list[bytes]) -> None:
+        self.writes = writes
+        self.held = 0
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_write_buffer_size(self) -> int:
+        return self.held
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+
 class Streams:
     """A hub whose connections write pre-framed chunks into ``written`` (as on uvicorn's httptools protocol, where
     the socket takes them at once) and everything else with ``send`` into ``sent``."""
@@ -43,18 +61,15 @@ class Streams:
         self.metrics.watch(lambda: (self.hub.events_sent, 0))
         self.budget = PendingBudget(1 << 30, self.hub.connections)
         self.written: dict[Connection, list[bytes]] = {}
+        self.transports: dict[Connection, TakingTransport] = {}
         self.sent: list[Message] = []
-        monkeypatch.setattr(connection, "chunk_writer", self._writer)
+        monkeypatch.setattr(connection, "chunked_transport", self._transport)
         self._opening: Connection | None = None
 
-    def _writer(self, send: Send) -> ChunkWriter:
-        writes = self.written.setdefault(self._opening, []) if self._opening is not None else []
-
-        def write(framed: bytes) -> bool:
-            writes.append(framed)
-            return True
-
-        return write
+    def _transport(self, send: Send) -> asyncio.Transport:
+        assert self._opening is not None
+        transport = self.transports[self._opening] = TakingTransport(self.written.setdefault(self._opening, []))
+        return cast(asyncio.Transport, transport)
 
     def open(self, rate_per_s: float = 1000.0, max_events: int = 0) -> Connection:
         """A live stream on ``s.>``, open, with its ``retry`` written."""
@@ -104,6 +119,21 @@ async def test_a_reading_alone_in_its_turn_is_written_at_once_to_each_stream_and
     assert streams.count("telemetry_stream_events_sent_total") == 2
     assert streams.count("telemetry_stream_bytes_sent_total") == 2 * len(framed(1))
     assert streams.count(f"{NAME}_count") == 2
+
+
+async def test_a_reading_for_a_stream_whose_socket_lags_goes_through_send_after_what_waits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    streams = Streams(monkeypatch)
+    taking, lagging = streams.open(), streams.open()
+    streams.transports[lagging].held = 100  # bytes of an earlier write the client has not read yet
+    await streams.hub._on_live(1, SUBJECT, STAMPED, 0, True)
+    assert streams.written == {taking: [framed(1)], lagging: []}
+    await asyncio.sleep(0)  # the end of the turn hands it to uvicorn's send, which waits for room in order
+    [message] = streams.sent
+    assert message["body"] == event_frame(1, STAMPED) and message["more_body"] is True
+    assert streams.written == {taking: [framed(1)], lagging: []}
+    assert streams.count("telemetry_stream_events_sent_total") == 2
 
 
 async def test_the_readings_of_a_batch_are_written_together_at_the_end_of_its_turn(

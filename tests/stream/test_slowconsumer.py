@@ -110,7 +110,7 @@ class FakeConnection:
     def __init__(self, budget: PendingBudget, pending: int, moved_at: float, queued: int) -> None:
         self.budget = budget
         self.pending_bytes = 0
-        self.progress = Progress(moved_at)
+        self.moved_at = moved_at
         self.queued = queued  # what conflating its queue frees
         self.steps: list[str] = []
         self.set_pending(pending)
