@@ -27,8 +27,8 @@ import uvloop
 
 from bench.fanout import FAN_PATTERN, STALL_S, WARMUP_READINGS, Publisher
 from bench.load import Group, open_group, stream_request, wait_progress
-from bench.procs import Child, free_ports, pin_self, raise_fd_limit
-from bench.targets import Lab, get_status, poll
+from bench.procs import pin_self, raise_fd_limit
+from bench.targets import Lab
 
 
 def joined(groups: list[Group]) -> Group:
@@ -37,24 +37,7 @@ def joined(groups: list[Group]) -> Group:
     for member in (member for part in groups for member in part.members):
         member.group = group
         group.members.append(member)
-    group.expected = group.ready = len(group.members)
     return group
-
-
-async def start_stream(lab: Lab, name: str, tree: Path) -> tuple[Child, int]:
-    """The stream service of the checkout at ``tree``, as ``bench.run`` starts it, pinned to the server CPU."""
-    (port,) = free_ports(1)
-    env = {**lab.service_env(), **lab.stream_env, "TELEMETRY_STREAM_PORT": str(port)}
-    argv = [sys.executable, "-m", "telemetry", "stream"]
-    child = Child(name, argv, log_dir=lab.logs, cpu=lab.server_cpu, env=env, cwd=tree)
-    lab.stack.callback(child.stop)
-    child.start()
-    await poll(lambda: ready(port), child, "ready (/readyz 200)")
-    return child, port
-
-
-async def ready(port: int) -> bool:
-    return await get_status(port, "/readyz") == 200
 
 
 async def compare(args: argparse.Namespace, workdir: Path) -> int:
@@ -64,11 +47,13 @@ async def compare(args: argparse.Namespace, workdir: Path) -> int:
         lab.start_nats()
         await lab.start_ingest()
         services = {
-            name: await start_stream(lab, name, tree) for name, tree in (("before", args.before), ("after", args.after))
+            name: await lab.start_stream(name=name, checkout=tree)
+            for name, tree in (("before", args.before), ("after", args.after))
         }
-        request = {name: stream_request(port, "/v1/stream", [FAN_PATTERN]) for name, (_, port) in services.items()}
-        groups = [await open_group(port, request[name], args.subscribers) for name, (_, port) in services.items()]
-        group = joined(groups)
+        requests = [
+            (server.port, stream_request(server.port, "/v1/stream", [FAN_PATTERN])) for server in services.values()
+        ]
+        group = joined([await open_group(port, request, args.subscribers) for port, request in requests])
         publisher = Publisher(lab.ingest_port, nchan=False)
         try:
             group.arm(WARMUP_READINGS)
@@ -76,15 +61,15 @@ async def compare(args: argparse.Namespace, workdir: Path) -> int:
             ratios: list[float] = []
             figures: dict[str, list[float]] = {name: [] for name in services}
             for index in range(1, args.rounds + 1):
-                before_cpu = {name: child.cpu_s() for name, (child, _) in services.items()}
+                before_cpu = {name: server.child.cpu_s() for name, server in services.items()}
                 group.arm(args.readings)
                 await publisher.publish("lockstep", args.readings, group)
                 await wait_progress(group.total, sum(m.goal for m in group.members), group.all_reached, stall_s=STALL_S)
                 if group.missing():
                     print(f"round {index}: {group.missing()} deliveries lost", file=sys.stderr)
                     return 1
-                for name, (child, _) in services.items():
-                    used = child.cpu_s() - before_cpu[name]
+                for name, server in services.items():
+                    used = server.child.cpu_s() - before_cpu[name]
                     figures[name].append(used / (args.subscribers * args.readings) * 1e6)
                 # CPU is counted in clock ticks (10 ms): a round too small for one tick has no ratio.
                 ratios.append(figures["after"][-1] / figures["before"][-1] if figures["before"][-1] else math.nan)
@@ -100,8 +85,6 @@ async def compare(args: argparse.Namespace, workdir: Path) -> int:
             return 0
         finally:
             await publisher.close()
-            for part in groups:
-                part.close()
             group.close()
 
 

@@ -129,7 +129,9 @@ class Lab:
         self.stream_env, self.unknown_settings = stream_env(BENCH_STREAM_SETTINGS)
         self._started = 0
 
-    def _child(self, name: str, argv: list[str], *, pinned: bool, env: dict[str, str] | None = None) -> Child:
+    def _child(
+        self, name: str, argv: list[str], *, pinned: bool, env: dict[str, str] | None = None, cwd: Path = REPO
+    ) -> Child:
         self._started += 1
         child = Child(
             f"{self._started:02d}-{name}",
@@ -137,7 +139,7 @@ class Lab:
             log_dir=self.logs,
             cpu=self.server_cpu if pinned else None,
             env=env,
-            cwd=REPO,
+            cwd=cwd,
         )
         self.stack.callback(child.stop)
         return child.start()
@@ -175,15 +177,18 @@ class Lab:
     async def _ready(self, port: int) -> bool:
         return await get_status(port, "/readyz") == 200
 
-    async def start_stream(self, settings: dict[str, str] | None = None, name: str = "stream") -> Server:
+    async def start_stream(
+        self, settings: dict[str, str] | None = None, name: str = "stream", checkout: Path = REPO
+    ) -> Server:
         """The stream service, pinned to the server CPU, with the limits that would distort the load lifted, and
-        ``settings`` (``Settings`` field names: the auth workload's) besides."""
+        ``settings`` (``Settings`` field names: the auth workload's) besides; the one of ``checkout`` (a directory
+        with this project's ``telemetry/``: bench.sidebyside compares two)."""
         (port,) = free_ports(1)
         extra, unknown = stream_env(settings or {})
         if unknown:
             raise ChildError(f"settings the stream service does not know: {', '.join(unknown)}")
         env = {**self.service_env(), **self.stream_env, **extra, "TELEMETRY_STREAM_PORT": str(port)}
-        child = self._child(name, [sys.executable, "-m", "telemetry", "stream"], pinned=True, env=env)
+        child = self._child(name, [sys.executable, "-m", "telemetry", "stream"], pinned=True, env=env, cwd=checkout)
         await poll(lambda: self._ready(port), child, "ready (/readyz 200)")
         return Server(name, child, port, cpu=self.server_cpu)
 
