@@ -210,6 +210,8 @@ class JetStreamLink:
     async def _on_error(self, err: Exception) -> None:
         # nats.connect retries within itself (max_reconnect_attempts=-1): each failed attempt arrives here.
         self._note_error(err)
+        if self.nc is not None:
+            close_failed_attempt(self.nc)
 
     async def _on_disconnected(self) -> None:
         self.last_error = None
@@ -222,6 +224,13 @@ class JetStreamLink:
         for callback in self.on_reconnected:
             callback()
         self.recheck_stream()
+
+
+def close_failed_attempt(nc: NATS) -> None:
+    """Give back the socket of a reconnect attempt that failed after connecting (a server going away before its
+    INFO): nats-py 2.16 leaves it open until the garbage collector finds it, with a ResourceWarning. For error_cb."""
+    if (nc.is_connecting or nc.is_reconnecting) and nc._transport is not None:
+        nc._transport.close()  # type: ignore[no-untyped-call]  # nats-py leaves Transport.close untyped
 
 
 class LinkMetrics(Collector):

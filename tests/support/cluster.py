@@ -23,10 +23,12 @@ import httpx
 import nats
 import nats.errors
 import nats.js.errors
+from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from support.natsproc import StoppableNatsServer
 from support.net import free_port
 
+from core.jetstream import close_failed_attempt
 from telemetry.natsserver import NatsServerError, nats_server_binary
 
 CLUSTER_NAME = "telemetry-test"
@@ -160,7 +162,12 @@ class NatsCluster:
 @asynccontextmanager
 async def jetstream(cluster: NatsCluster) -> AsyncIterator[JetStreamContext]:
     """The test's own view of the cluster, reconnecting quickly when its node goes away."""
-    nc = await nats.connect(cluster.urls, reconnect_time_wait=0.1, max_reconnect_attempts=-1)
+    nc = NATS()
+
+    async def on_error(_err: Exception) -> None:
+        close_failed_attempt(nc)
+
+    await nc.connect(cluster.urls, reconnect_time_wait=0.1, max_reconnect_attempts=-1, error_cb=on_error)
     try:
         yield nc.jetstream(timeout=2.0)
     finally:
