@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Awaitable, Callable, Coroutine
 from types import FrameType
 from typing import Any
@@ -14,6 +15,18 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from core.httpprotocol import HttpLimits, protocol_class
 from core.settings import Settings
+
+# CPython collects its youngest generation once 700 objects more were made than freed. The requests in flight (32
+# in bench.ingest, each waiting for JetStream) hold more than that: every few requests a collection traversed them
+# all and promoted them, and full collections of the whole heap followed, 6 % of the ingest's CPU (gc.callbacks).
+# With 10,000, a collection comes every hundred-odd requests and finds most of their objects gone; garbage in
+# cycles waits as long: at most 10,000 objects, a few MB.
+YOUNG_COLLECTION_THRESHOLD = 10_000
+
+
+def collect_garbage_less_often() -> None:
+    """Raise the youngest generation's threshold (above); the older generations' stay CPython's."""
+    gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, *gc.get_threshold()[1:])
 
 
 def server_config(
@@ -114,4 +127,5 @@ def serve(app: FastAPI, settings: Settings, host: str, port: int) -> None:
     config = server_config(
         app, host, port, settings.shutdown_grace_s, settings.forwarded_allow_ips, HttpLimits.of(settings)
     )
+    collect_garbage_less_often()
     DrainingServer(config, on_signal).run()

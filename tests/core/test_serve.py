@@ -4,11 +4,14 @@ rewrite of the scope is done before the app is called, not around it."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import subprocess
+import sys
 from collections.abc import Awaitable
 
 from starlette.types import Message, Receive, Scope, Send
 
-from core.serve import ForwardedHeaders
+from core.serve import YOUNG_COLLECTION_THRESHOLD, ForwardedHeaders
 
 PROXY = "10.0.0.1"
 FORWARDED = [(b"x-forwarded-for", b"203.0.113.7"), (b"x-forwarded-proto", b"https")]
@@ -50,3 +53,19 @@ async def test_either_forwarded_header_alone_is_read_and_a_request_without_them_
         scope = {"type": "http", "scheme": "http", "client": (PROXY, 40000), "headers": [(b"accept", b"*/*"), *headers]}
         await forwarded(scope, receive, send)
     assert seen == [(("203.0.113.7", 0), "http"), ((PROXY, 40000), "https"), ((PROXY, 40000), "http")]
+
+
+def test_a_served_process_collects_its_youngest_objects_less_often() -> None:
+    """``serve`` raises the threshold before uvicorn runs (here it does not: its ``run`` reports the thresholds)."""
+    program = (
+        "import gc\n"
+        "import core.serve as serve\n"
+        "from core.settings import Settings\n"
+        "from ingest.app import create_app\n"
+        "serve.DrainingServer.run = lambda self: print(*gc.get_threshold())\n"
+        "serve.serve(create_app(Settings()), Settings(), '127.0.0.1', 0)\n"
+    )
+    ran = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=True)
+    young, *older = map(int, ran.stdout.split())
+    assert young == YOUNG_COLLECTION_THRESHOLD > gc.get_threshold()[0]
+    assert older == list(gc.get_threshold()[1:])
