@@ -63,7 +63,7 @@ faults: $(STAMP) ## The cluster fault tests at length: each kills and restarts a
 
 BENCH_STAMP := $(VENV)/.installed-bench
 
-bench: $(BENCH_STAMP) ## The benchmarks of bench/README.md against reference servers, one table (about 32 min)
+bench: $(BENCH_STAMP) ## The benchmarks of bench/README.md against reference servers, one table (about 35 min)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 	$(BIN)/python -m bench.ingest
 
