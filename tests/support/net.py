@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import socket
 from pathlib import Path
@@ -18,8 +19,9 @@ EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 _handed_out: set[int] = set()
 
 
+@functools.cache
 def listening_ports() -> range:
-    """Ports the kernel never gives an outgoing connection: those below its ephemeral range."""
+    """Ports the kernel never gives an outgoing connection: those below its ephemeral range (read once a run)."""
     try:
         first_ephemeral = int(EPHEMERAL_RANGE.read_text().split()[0])
     except (OSError, ValueError, IndexError):
