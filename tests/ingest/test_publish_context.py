@@ -247,14 +247,18 @@ async def test_acknowledgements_are_settled_as_they_are_read_and_an_unreadable_o
     prefix = js._async_reply_prefix
     assert prefix is not None
     waiting: asyncio.Future[PubAck] = asyncio.get_running_loop().create_future()
+    marker: asyncio.Future[PubAck] = asyncio.get_running_loop().create_future()
     js._publish_async_futures["awaited"] = waiting  # as a publish whose acknowledgement is due
+    js._publish_async_futures["marker"] = marker
     with capture_logs() as logs:
         await nc.publish(prefix.decode() + "unknown", b"{}")  # no publish waits for it: dropped
         await nc.publish(prefix.decode() + "awaited", b"not json")  # unreadable: logged, the read goes on
-        await nc.flush()
+        await nc.publish(prefix.decode() + "marker", b'{"stream":"S","seq":7}')
+        marked = await asyncio.wait_for(marker, 10.0)  # delivered in order: the two before it have been read
+    assert marked.seq == 7
     assert [entry["event"] for entry in logs] == ["publish_reply_unreadable"]
     assert not waiting.done()
-    del js._publish_async_futures["awaited"]
+    del js._publish_async_futures["awaited"], js._publish_async_futures["marker"]
     after = await acked(await js.publish_reading(subject, b"{}", "s.d.inline-2"))
     assert after.seq > first.seq and replies._pending_size == 0 and nc.is_connected
 
