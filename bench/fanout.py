@@ -19,6 +19,7 @@ import itertools
 import json
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -57,29 +58,37 @@ class Publisher:
         self.client: HttpClient | None = None
         self.failures = 0
 
-    async def publish(self, regime: Regime, count: int, group: Group) -> float:
-        """Post ``count`` readings; returns when the last answer came (perf_counter).
+    async def publish(self, regime: Regime, count: int, group: Group, also: Sequence[Publisher] = ()) -> float:
+        """Post ``count`` readings; returns when the last answer came (perf_counter). ``also``: publishers that post
+        each reading too, before the lockstep wait (side by side: Nchan's beside the ingest's).
 
         A new connection per round: uvicorn closes a keep-alive connection idle for 5 s, which the
         time spent opening thousands of subscribers between rounds easily exceeds.
         """
-        await self.close()
-        self.client = await HttpClient.open(self.port)
+        publishers = (self, *also)
+        for publisher in publishers:
+            await publisher.close()
+            publisher.client = await HttpClient.open(publisher.port)
         run = next(_runs)
         items = [reading(run, index) for index in range(count)]
         size = BURST if regime == "burst" else 1
         delivered = group.received
         for start in range(0, len(items), size):
             batch = items[start : start + size]
-            if self.nchan:
-                await self._publish_nchan(batch, start)
-            else:
-                await self._publish_ingest(batch, size == 1)
+            for publisher in publishers:
+                await publisher.post(batch, start)
             if regime == "lockstep":
                 delivered += len(group.members)
                 if not await group.wait_received(delivered, STALL_S):
                     break  # counted as lost by the caller
         return time.perf_counter()
+
+    async def post(self, batch: list[dict[str, object]], start: int) -> None:
+        """Post one batch (``start``: the index of its first reading in the round)."""
+        if self.nchan:
+            await self._publish_nchan(batch, start)
+        else:
+            await self._publish_ingest(batch, len(batch) == 1)
 
     async def _publish_ingest(self, batch: list[dict[str, object]], single: bool) -> None:
         assert self.client is not None

@@ -1,14 +1,14 @@
-"""``python -m bench.sidebyside BEFORE AFTER``: the lockstep fan-out cost of two checkouts of the stream service,
-side by side.
+"""Servers side by side in lockstep: ``lockstep_side_by_side``, which bench.run's workload ``sidebyside`` uses to
+hold the stream service against the ceiling and Nchan; and ``python -m bench.sidebyside BEFORE AFTER``, the
+lockstep fan-out cost of two checkouts of the stream service.
 
-For a change to the stream's delivery path. Both services run at once, pinned to the server CPU, each with
-its own subscribers on ``fan.>``, and every reading reaches both in the same lockstep rounds (section 1's
-regime: the next POST once every subscriber of both has the previous reading), POSTed through the run's
-ingest service. Whatever else the machine does during a round, it does to both alike. A round's figure for
-each service is its CPU over the round divided by its deliveries (no baseline run: both receive the same
-readings), and the ratio is AFTER's over BEFORE's; the medians of the rounds are printed last. Measured one
-after the other, one service's rounds spread by up to 40 %; side by side, the ratio moved by under 3 %
-(bench/README.md, "Two checkouts side by side").
+Every server runs at once, pinned to the server CPU, each with its own subscribers on ``fan.>``, and every reading
+reaches all of them in the same lockstep rounds (section 1's regime: the next POST once every subscriber of every
+server has the previous reading), POSTed through the run's ingest service (and the same data to Nchan's publisher
+location). Whatever else the machine does during a round, it does to all of them alike. A round's figure for each
+server is its CPU over the round divided by its deliveries (no baseline run: all receive the same readings).
+Measured one after the other, one server's rounds spread by up to 40 %; side by side, a round's ratio moved by
+under 3 % (bench/README.md, section 1 and "Two checkouts side by side").
 
     python -m bench.sidebyside ../before . --subscribers 5000 --readings 200 --rounds 5
 """
@@ -28,7 +28,11 @@ import uvloop
 from bench.fanout import FAN_PATTERN, STALL_S, WARMUP_READINGS, Publisher
 from bench.load import Group, open_group, stream_request, wait_progress
 from bench.procs import pin_self, raise_fd_limit
-from bench.targets import Lab
+from bench.targets import Lab, Server
+
+
+class LostDeliveries(RuntimeError):
+    """A side-by-side round in which some subscriber did not get every reading."""
 
 
 def joined(groups: list[Group]) -> Group:
@@ -38,6 +42,51 @@ def joined(groups: list[Group]) -> Group:
         member.group = group
         group.members.append(member)
     return group
+
+
+async def lockstep_side_by_side(
+    servers: dict[str, Server], ingest_port: int, subscribers: int, readings: int, rounds: int
+) -> list[dict[str, float]]:
+    """Open ``subscribers`` streams on every server, warm up, then ``rounds`` lockstep rounds of ``readings``
+    readings to all of them at once; each round's CPU µs per delivery, by server name. Raises LostDeliveries."""
+    groups: list[Group] = []
+    publisher = Publisher(ingest_port, nchan=False)
+    nchans = [Publisher(server.publish_port, nchan=True) for server in servers.values() if server.publish_port]
+    try:
+        for server in servers.values():
+            request = stream_request(server.port, "/v1/stream", [FAN_PATTERN])
+            groups.append(await open_group(server.port, request, subscribers, ready_marker=server.ready_marker))
+            await server.confirm(subscribers)
+        group = joined(groups)
+        groups = [group]
+        group.arm(WARMUP_READINGS)
+        await publisher.publish("lockstep", WARMUP_READINGS, group, nchans)
+        figures: list[dict[str, float]] = []
+        for index in range(1, rounds + 1):
+            cpu_before = {name: server.child.cpu_s() for name, server in servers.items()}
+            group.arm(readings)
+            await publisher.publish("lockstep", readings, group, nchans)
+            await wait_progress(group.total, sum(m.goal for m in group.members), group.all_reached, stall_s=STALL_S)
+            if group.missing():
+                raise LostDeliveries(f"round {index}: {group.missing()} deliveries lost")
+            figures.append(
+                {
+                    name: (server.child.cpu_s() - cpu_before[name]) / (subscribers * readings) * 1e6
+                    for name, server in servers.items()
+                }
+            )
+        return figures
+    finally:
+        for each in (publisher, *nchans):
+            await each.close()
+        for group in groups:
+            group.close()
+
+
+def ratio(figure: float, reference: float) -> float:
+    """One figure over another; NaN when the reference is 0 (CPU is counted in 10 ms ticks: a round too small for
+    one tick has no ratio)."""
+    return figure / reference if reference else math.nan
 
 
 async def compare(args: argparse.Namespace, workdir: Path) -> int:
@@ -50,42 +99,26 @@ async def compare(args: argparse.Namespace, workdir: Path) -> int:
             name: await lab.start_stream(name=name, checkout=tree)
             for name, tree in (("before", args.before), ("after", args.after))
         }
-        requests = [
-            (server.port, stream_request(server.port, "/v1/stream", [FAN_PATTERN])) for server in services.values()
-        ]
-        group = joined([await open_group(port, request, args.subscribers) for port, request in requests])
-        publisher = Publisher(lab.ingest_port, nchan=False)
         try:
-            group.arm(WARMUP_READINGS)
-            await publisher.publish("lockstep", WARMUP_READINGS, group)
-            ratios: list[float] = []
-            figures: dict[str, list[float]] = {name: [] for name in services}
-            for index in range(1, args.rounds + 1):
-                before_cpu = {name: server.child.cpu_s() for name, server in services.items()}
-                group.arm(args.readings)
-                await publisher.publish("lockstep", args.readings, group)
-                await wait_progress(group.total, sum(m.goal for m in group.members), group.all_reached, stall_s=STALL_S)
-                if group.missing():
-                    print(f"round {index}: {group.missing()} deliveries lost", file=sys.stderr)
-                    return 1
-                for name, server in services.items():
-                    used = server.child.cpu_s() - before_cpu[name]
-                    figures[name].append(used / (args.subscribers * args.readings) * 1e6)
-                # CPU is counted in clock ticks (10 ms): a round too small for one tick has no ratio.
-                ratios.append(figures["after"][-1] / figures["before"][-1] if figures["before"][-1] else math.nan)
-                print(
-                    f"round {index}: before {figures['before'][-1]:.2f} µs/delivery, "
-                    f"after {figures['after'][-1]:.2f}, after/before {ratios[-1]:.3f}",
-                    flush=True,
-                )
-            print(
-                f"median of {args.rounds}: before {statistics.median(figures['before']):.2f} µs/delivery, "
-                f"after {statistics.median(figures['after']):.2f}, after/before {statistics.median(ratios):.3f}"
+            rounds = await lockstep_side_by_side(
+                services, lab.ingest_port, args.subscribers, args.readings, args.rounds
             )
-            return 0
-        finally:
-            await publisher.close()
-            group.close()
+        except LostDeliveries as lost:
+            print(lost, file=sys.stderr)
+            return 1
+        ratios = [ratio(figures["after"], figures["before"]) for figures in rounds]
+        for index, (figures, each) in enumerate(zip(rounds, ratios, strict=True), start=1):
+            print(
+                f"round {index}: before {figures['before']:.2f} µs/delivery, "
+                f"after {figures['after']:.2f}, after/before {each:.3f}"
+            )
+        before = statistics.median(figures["before"] for figures in rounds)
+        after = statistics.median(figures["after"] for figures in rounds)
+        print(
+            f"median of {args.rounds}: before {before:.2f} µs/delivery, "
+            f"after {after:.2f}, after/before {statistics.median(ratios):.3f}"
+        )
+        return 0
 
 
 def main() -> int:
