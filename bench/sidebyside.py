@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import math
 import statistics
 import sys
 import tempfile
@@ -28,6 +27,7 @@ import uvloop
 from bench.fanout import FAN_PATTERN, STALL_S, WARMUP_READINGS, Publisher
 from bench.load import Group, open_group, stream_request, wait_progress
 from bench.procs import pin_self, raise_fd_limit
+from bench.report import ratio_of
 from bench.targets import Lab, Server
 
 
@@ -83,12 +83,6 @@ async def lockstep_side_by_side(
             group.close()
 
 
-def ratio(figure: float, reference: float) -> float:
-    """One figure over another; NaN when the reference is 0 (CPU is counted in 10 ms ticks: a round too small for
-    one tick has no ratio)."""
-    return figure / reference if reference else math.nan
-
-
 async def compare(args: argparse.Namespace, workdir: Path) -> int:
     """Start everything, run the rounds, print each round and the medians; 1 if a reading was lost."""
     with contextlib.ExitStack() as stack:
@@ -106,7 +100,7 @@ async def compare(args: argparse.Namespace, workdir: Path) -> int:
         except LostDeliveries as lost:
             print(lost, file=sys.stderr)
             return 1
-        ratios = [ratio(figures["after"], figures["before"]) for figures in rounds]
+        ratios = [ratio_of(figures["after"], figures["before"]) for figures in rounds]
         for index, (figures, each) in enumerate(zip(rounds, ratios, strict=True), start=1):
             print(
                 f"round {index}: before {figures['before']:.2f} µs/delivery, "
